@@ -1,0 +1,13 @@
+"""jaxlens: posterior samples of strongly lensed source galaxies with score-based priors.
+
+A JAX/Flax reimplementation of Adam et al. (2022). Subpackages:
+  lensing      the lens forward model A and its adjoint
+  sde          the variance-exploding SDE and step-count heuristics
+  nn           the NCSN++ score network
+  train        denoising score matching
+  sample       likelihood scores and reverse-SDE samplers
+  data         procedural galaxies and TFDS builders
+  diagnostics  χ², residuals, coverage, figures
+"""
+
+__version__ = "0.1.0"
