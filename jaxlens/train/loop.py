@@ -1,0 +1,158 @@
+"""The training loop: resumable, logged, checkpointed.
+
+Determinism across preemption: the batch and the PRNG key of step k are pure
+functions of (seed, k), so a run restored from the checkpoint at step j reproduces
+steps j+1, ... of an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from jaxlens.sde import VESDE
+from jaxlens.train import checkpoint as ckpt
+from jaxlens.train.state import OptimizerSpec, TrainState, create_train_state
+from jaxlens.train.step import data_mesh, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """Loop settings (everything that is not model, data or optimiser)."""
+
+    steps: int
+    batch_size: int
+    seed: int = 0
+    t_min: float = 1e-5
+    ema_decay: float = 0.999
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    grid_samples: int = 16
+    grid_steps: int = 200
+    progress: bool = True
+
+
+def train(
+    *,
+    model: Any,
+    model_meta: dict,
+    image_shape: tuple[int, int, int],
+    batch_fn: Callable[[int], np.ndarray],
+    sde: VESDE,
+    optimizer: OptimizerSpec,
+    options: TrainOptions,
+    workdir: str,
+    mesh: Mesh | None = None,
+) -> TrainState:
+    """Trains `model` by DSM, resuming from the newest readable checkpoint in `workdir`.
+
+    Args:
+      model: a Flax module with `__call__(x, sigma, *, train)` returning ε_θ.
+      model_meta: JSON-able description of the architecture; a checkpoint whose
+        description differs is refused.
+      image_shape: (H, W, C) of one training image.
+      batch_fn: step -> global batch [B, H, W, C] (a pure function of the step).
+      sde: the VE SDE (σ_max already resolved).
+      optimizer: optimiser settings.
+      options: loop settings.
+      workdir: where checkpoints, `metrics.jsonl` and sample grids go.
+      mesh: a mesh with a `data` axis; default: all devices.
+
+    Returns:
+      The final train state.
+    """
+    if options.steps < 0 or options.batch_size < 1:
+        raise ValueError(f"need steps >= 0 and batch_size >= 1, got {options}")
+    mesh = data_mesh() if mesh is None else mesh
+    n_dev = mesh.devices.size
+    if options.batch_size % n_dev:
+        raise ValueError(f"batch_size {options.batch_size} is not divisible by {n_dev} devices")
+    os.makedirs(workdir, exist_ok=True)
+    meta = {"model": model_meta, "image_shape": list(image_shape), "sigma_min": sde.sigma_min,
+            "sigma_max": sde.sigma_max}
+
+    key = jax.random.key(options.seed)
+    init_key, step_key, grid_key = jax.random.split(key, 3)
+    replicated = NamedSharding(mesh, P())
+    sharded = NamedSharding(mesh, P("data"))
+
+    def init():
+        return create_train_state(init_key, model, image_shape, optimizer, ema_decay=options.ema_decay)
+
+    state = jax.jit(init, out_shardings=replicated)()
+    mngr = ckpt.manager(workdir, keep=options.keep_checkpoints)
+    restored = ckpt.restore_latest(mngr, state, meta, where=workdir)
+    if restored is not None:
+        state, _ = restored
+        log.info("resumed from step %d", int(state.step))
+    start = int(state.step)
+
+    step_fn = make_train_step(mesh, sde=sde, t_min=options.t_min)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    _truncate_log(metrics_path, start)
+    bar = tqdm(total=options.steps, initial=start, desc="train", disable=not options.progress,
+               dynamic_ncols=True)
+    t0 = time.perf_counter()
+    with open(metrics_path, "a") as log_file:
+        for step in range(start, options.steps):
+            batch = jax.device_put(np.asarray(batch_fn(step), np.float32), sharded)
+            state, metrics = step_fn(state, batch, jax.random.fold_in(step_key, step))
+            done = step + 1
+            if done % options.log_every == 0 or done == options.steps:
+                row = {"step": done, "loss": float(metrics["loss"]),
+                       "grad_norm": float(metrics["grad_norm"]),
+                       "elapsed_s": round(time.perf_counter() - t0, 3)}
+                if not np.isfinite(row["loss"]):
+                    raise FloatingPointError(f"loss became non-finite at step {done}")
+                if jax.process_index() == 0:
+                    log_file.write(json.dumps(row) + "\n")
+                    log_file.flush()
+                bar.set_postfix(loss=f"{row['loss']:.4g}")
+            bar.update(1)
+            if done % options.checkpoint_every == 0 or done == options.steps:
+                ckpt.save(mngr, done, state, meta)
+                if options.grid_samples > 0:
+                    _sample_grid(state, model, sde, image_shape, options, grid_key, workdir, done)
+    bar.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    return state
+
+
+def _truncate_log(path: str, step: int) -> None:
+    """Drops log rows past the resumed step, so a resumed run's log reads as one run."""
+    if not os.path.exists(path) or jax.process_index() != 0:
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(rows)
+
+
+def _sample_grid(state, model, sde, image_shape, options, key, workdir, step) -> None:
+    """Writes a PNG grid of prior samples from the EMA weights."""
+    from jaxlens.diagnostics.figures import image_grid
+    from jaxlens.prior import network_score_fn
+    from jaxlens.sample import sample_prior
+
+    score = network_score_fn(model, state.ema_params, sde)
+    samples = sample_prior(key, score, sde, image_shape, options.grid_samples, options.grid_steps,
+                           progress=False)
+    if jax.process_index() == 0:
+        ncols = int(np.ceil(np.sqrt(options.grid_samples)))
+        image_grid(os.path.join(workdir, f"samples_{step:08d}.png"), np.asarray(samples)[..., 0],
+                   ncols=ncols)
