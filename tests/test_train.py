@@ -1,0 +1,185 @@
+"""DSM training: loss closed forms, data-parallel equivalence, resumption and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlens.sde import VESDE
+from jaxlens.train import (
+    CheckpointError,
+    OptimizerSpec,
+    create_train_state,
+    data_mesh,
+    dsm_loss,
+    make_train_step,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from configs import tiny  # noqa: E402
+
+
+def test_dsm_loss_of_zero_network_is_dimension():
+    # ε_θ ≡ 0 gives E||z||² = H·W·C.
+    sde = VESDE(0.01, 10.0)
+    x0 = jnp.ones((512, 4, 4, 2))
+    loss = dsm_loss(None, lambda p, x, s, **kw: jnp.zeros_like(x), jax.random.key(0), x0, sde)
+    assert abs(float(loss) - 32.0) < 32.0 * 5 / np.sqrt(512 * 32) * 3
+
+
+def test_dsm_loss_of_oracle_denoiser_is_zero():
+    # For a point-mass data set at x*, the optimal ε is −(x_t − x*)/σ, and the loss is 0.
+    sde = VESDE(0.01, 10.0)
+    x_star = jnp.linspace(-1, 1, 16).reshape(1, 4, 4, 1)
+    x0 = jnp.broadcast_to(x_star, (8, 4, 4, 1))
+    oracle = lambda p, x, s, **kw: -(x - x_star) / s[:, None, None, None]
+    loss = dsm_loss(None, oracle, jax.random.key(1), x0, sde)
+    assert float(loss) < 1e-6
+
+
+def test_dsm_loss_rejects_unbatched_images():
+    with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
+        dsm_loss(None, None, jax.random.key(0), jnp.ones((4, 4, 1)), VESDE(0.01, 1.0))
+
+
+def _tiny_model():
+    from jaxlens.cli import common
+
+    return common.build_model(tiny.get_config())
+
+
+def test_one_and_eight_devices_give_the_same_step():
+    assert jax.device_count() == 8, "conftest should provide 8 CPU devices"
+    model = _tiny_model()
+    sde = VESDE(0.01, 20.0)
+    batch = jax.random.uniform(jax.random.key(3), (8, 16, 16, 1))
+    key = jax.random.key(4)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = data_mesh(devices)
+        state = create_train_state(jax.random.key(5), model, (16, 16, 1), OptimizerSpec(warmup_steps=1))
+        state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        step = make_train_step(mesh, sde=sde)
+        new_state, metrics = step(state, batch, key)
+        results.append((float(metrics["loss"]), jax.tree.map(np.asarray, new_state.params)))
+    (loss1, p1), (loss8, p8) = results
+    np.testing.assert_allclose(loss1, loss8, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _train_cmd(workdir, data_dir, *extra):
+    return [sys.executable, os.path.join(REPO, "bin", "train"),
+            f"--config={os.path.join(REPO, 'configs', 'tiny.py')}", f"--workdir={workdir}",
+            f"--config.data.data_dir={data_dir}", *extra]
+
+
+def _losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def _env():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = ""  # one CPU device in the subprocesses: faster start
+    return env
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    data_dir = tmp_path / "data"
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    steps = ["--config.training.steps=8", "--config.training.grid_samples=0"]
+    subprocess.run(_train_cmd(full, data_dir, *steps), check=True, env=_env(), timeout=600)
+
+    proc = subprocess.Popen(_train_cmd(killed, data_dir, *steps, "--config.training.checkpoint_every=3"),
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckdir = killed / "checkpoints"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if ckdir.exists() and any(p.name.isdigit() and int(p.name) >= 3 for p in ckdir.iterdir()):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(_train_cmd(killed, data_dir, *steps, "--config.training.checkpoint_every=3"),
+                             env=_env(), timeout=600, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from step" in resumed.stderr
+    a, b = _losses(full), _losses(killed)
+    assert sorted(b) == list(range(1, 9))
+    for k in range(1, 9):
+        assert a[k] == pytest.approx(b[k], rel=1e-6), (k, a[k], b[k])
+
+
+def _run_in_process(config, workdir):
+    from jaxlens.cli.train import train_from_config
+
+    return train_from_config(config, str(workdir))
+
+
+def _tiny(tmp_path, **training):
+    c = tiny.get_config()
+    c.data.data_dir = str(tmp_path / "data")
+    c.training.grid_samples = 0
+    for k, v in training.items():
+        setattr(c.training, k, v)
+    return c
+
+
+def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path):
+    workdir = tmp_path / "run"
+    _run_in_process(_tiny(tmp_path, steps=4, checkpoint_every=2), workdir)
+    latest = workdir / "checkpoints" / "4"
+    files = [p for p in latest.rglob("*") if p.is_file() and p.stat().st_size > 0]
+    assert files
+    for p in files:  # truncate every data file of the newest checkpoint
+        with open(p, "r+b") as f:
+            f.truncate(p.stat().st_size // 3)
+    state = _run_in_process(_tiny(tmp_path, steps=5, checkpoint_every=2), workdir)
+    assert int(state.step) == 5
+    losses = _losses(workdir)
+    assert sorted(losses) == [1, 2, 3, 4, 5]  # steps 3-4 were recomputed from step 2
+
+
+def test_all_checkpoints_damaged_is_an_error(tmp_path):
+    workdir = tmp_path / "run"
+    _run_in_process(_tiny(tmp_path, steps=2, checkpoint_every=2), workdir)
+    for p in (workdir / "checkpoints").rglob("*"):
+        if p.is_file() and p.stat().st_size > 0:
+            with open(p, "r+b") as f:
+                f.truncate(p.stat().st_size // 3)
+    with pytest.raises(CheckpointError, match="refusing to start from random weights"):
+        _run_in_process(_tiny(tmp_path, steps=4, checkpoint_every=2), workdir)
+
+
+def test_workdir_with_other_architecture_is_refused(tmp_path):
+    workdir = tmp_path / "run"
+    _run_in_process(_tiny(tmp_path, steps=2, checkpoint_every=2), workdir)
+    c = _tiny(tmp_path, steps=4)
+    c.model.nf = 16
+    with pytest.raises(CheckpointError, match="another architecture.*nf"):
+        _run_in_process(c, workdir)
+
+
+def test_bad_cli_input_exits_nonzero(tmp_path):
+    data_dir = tmp_path / "data"
+    cases = {
+        "unknown config key": ["--config.training.stepz=3"],
+        "missing data directory": ["--config.data.name=fits_folder",
+                                   f"--config.data.manual_dir={tmp_path / 'nope'}"],
+    }
+    for why, extra in cases.items():
+        r = subprocess.run(_train_cmd(tmp_path / "w", data_dir, *extra), env=_env(), timeout=300,
+                           capture_output=True, text=True)
+        assert r.returncode != 0, why
+        assert "Traceback" not in r.stderr or "Error" in r.stderr, why
