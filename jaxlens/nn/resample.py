@@ -1,0 +1,196 @@
+"""FIR up- and down-sampling of NHWC images (StyleGAN2's upfirdn2d, as used by NCSN++).
+
+All functions are pure, work on [B, H, W, C] arrays of any float dtype and filter every
+channel independently with the same separable FIR kernel. Pixels outside the image are
+zero. The kernel is normalised so that a constant image stays constant away from the
+borders (gain 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "fir_kernel_2d",
+    "upfirdn2d",
+    "upsample_2d",
+    "downsample_2d",
+    "naive_upsample_2d",
+    "naive_downsample_2d",
+    "upsample_conv_2d",
+    "conv_downsample_2d",
+]
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def fir_kernel_2d(kernel: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Square 2-D FIR kernel normalised to unit sum.
+
+    Args:
+      kernel: 1-D taps (made separable by an outer product) or a square 2-D kernel.
+
+    Returns:
+      [K, K] float32 numpy array summing to 1.
+    """
+    k = np.asarray(kernel, dtype=np.float64)
+    if k.ndim == 1:
+        k = np.outer(k, k)
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.size == 0:
+        raise ValueError(f"FIR kernel must be 1-D or square 2-D, got shape {k.shape}")
+    total = k.sum()
+    if total == 0:
+        raise ValueError("FIR kernel taps must not sum to zero")
+    return (k / total).astype(np.float32)
+
+
+def upfirdn2d(
+    x: jax.typing.ArrayLike,
+    kernel: np.ndarray,
+    *,
+    up: int = 1,
+    down: int = 1,
+    pad: tuple[int, int] = (0, 0),
+) -> jax.Array:
+    """Zero-insert up-sampling, zero padding, FIR convolution, then decimation.
+
+    Per image and channel: insert `up - 1` zeros after every pixel, pad `pad[0]` zeros
+    before and `pad[1]` after (both axes), convolve with `kernel` keeping only outputs
+    whose footprint lies inside the padded image, and keep every `down`-th pixel. This
+    is `scipy.signal.upfirdn` in 2-D, up to the choice of padding.
+
+    Args:
+      x: [B, H, W, C] images.
+      kernel: [K, K] FIR kernel (a true convolution: it is flipped).
+      up: integer up-sampling factor.
+      down: integer down-sampling factor.
+      pad: zeros added before and after each spatial axis, after up-sampling.
+
+    Returns:
+      [B, (H·up + pad[0] + pad[1] − K) // down + 1, same for W, C] array in x's dtype.
+    """
+    x = jnp.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"upfirdn2d expects [B, H, W, C], got shape {x.shape}")
+    if min(up, down) < 1 or min(pad) < 0:
+        raise ValueError(f"need up, down >= 1 and pad >= 0, got {up=}, {down=}, {pad=}")
+    channels = x.shape[-1]
+    k = np.asarray(kernel, np.float32)[::-1, ::-1]
+    w = jnp.asarray(np.tile(k[:, :, None, None], (1, 1, 1, channels)), x.dtype)
+    # lhs_dilation inserts zeros only between pixels; StyleGAN2 also puts up-1 after the last.
+    padding = [(pad[0], pad[1] + up - 1)] * 2
+    return jax.lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=(down, down),
+        padding=padding,
+        lhs_dilation=(up, up),
+        dimension_numbers=_DIMS,
+        feature_group_count=channels,
+    )
+
+
+def upsample_2d(
+    x: jax.typing.ArrayLike, kernel: Sequence[float] = (1, 3, 3, 1), *, factor: int = 2
+) -> jax.Array:
+    """FIR up-sampling: [B, H, W, C] -> [B, H·factor, W·factor, C].
+
+    The kernel is scaled by factor² so that the zero-inserted image keeps its mean.
+    """
+    k = fir_kernel_2d(kernel) * factor**2
+    p = k.shape[0] - factor
+    return upfirdn2d(x, k, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+
+
+def downsample_2d(
+    x: jax.typing.ArrayLike, kernel: Sequence[float] = (1, 3, 3, 1), *, factor: int = 2
+) -> jax.Array:
+    """FIR down-sampling: [B, H, W, C] -> [B, H/factor, W/factor, C] (H, W divisible)."""
+    k = fir_kernel_2d(kernel)
+    p = k.shape[0] - factor
+    return upfirdn2d(x, k, down=factor, pad=((p + 1) // 2, p // 2))
+
+
+def naive_upsample_2d(x: jax.typing.ArrayLike, *, factor: int = 2) -> jax.Array:
+    """Nearest-neighbour up-sampling: [B, H, W, C] -> [B, H·factor, W·factor, C]."""
+    x = jnp.asarray(x)
+    return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+def naive_downsample_2d(x: jax.typing.ArrayLike, *, factor: int = 2) -> jax.Array:
+    """Mean pooling over factor×factor blocks: [B, H, W, C] -> [B, H/factor, W/factor, C]."""
+    x = jnp.asarray(x)
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // factor, factor, w // factor, factor, c)
+    return x.mean(axis=(2, 4))
+
+
+def upsample_conv_2d(
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    kernel: Sequence[float] = (1, 3, 3, 1),
+    *,
+    factor: int = 2,
+) -> jax.Array:
+    """Fused FIR up-sampling followed by a 'SAME' convolution with w (StyleGAN2).
+
+    Equal to `conv(upsample_2d(x), w)` away from the borders, but pads only once.
+
+    Args:
+      x: [B, H, W, Cin] images.
+      w: [k, k, Cin, Cout] convolution weights (k odd).
+      kernel: FIR taps.
+      factor: up-sampling factor.
+
+    Returns:
+      [B, H·factor, W·factor, Cout].
+    """
+    w = jnp.asarray(w)
+    kw = w.shape[0]
+    if w.ndim != 4 or w.shape[1] != kw or kw % 2 != 1:
+        raise ValueError(f"conv weights must be [k, k, Cin, Cout] with k odd, got {w.shape}")
+    k = fir_kernel_2d(kernel) * factor**2
+    p = (k.shape[0] - factor) - (kw - 1)
+    # A strided transposed convolution inserts the zeros and applies w in one op.
+    y = jax.lax.conv_transpose(
+        x, w.astype(jnp.result_type(x)), strides=(factor, factor), padding="VALID",
+        dimension_numbers=_DIMS,
+    )
+    return upfirdn2d(y, k, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
+
+
+def conv_downsample_2d(
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    kernel: Sequence[float] = (1, 3, 3, 1),
+    *,
+    factor: int = 2,
+) -> jax.Array:
+    """Fused 'SAME' convolution with w followed by FIR down-sampling (StyleGAN2).
+
+    Equal to `downsample_2d(conv(x, w))` away from the borders, but pads only once.
+
+    Args:
+      x: [B, H, W, Cin] images.
+      w: [k, k, Cin, Cout] convolution weights (k odd).
+      kernel: FIR taps.
+      factor: down-sampling factor.
+
+    Returns:
+      [B, H/factor, W/factor, Cout].
+    """
+    w = jnp.asarray(w)
+    kw = w.shape[0]
+    if w.ndim != 4 or w.shape[1] != kw or kw % 2 != 1:
+        raise ValueError(f"conv weights must be [k, k, Cin, Cout] with k odd, got {w.shape}")
+    k = fir_kernel_2d(kernel)
+    p = (k.shape[0] - factor) + (kw - 1)
+    y = upfirdn2d(x, k, pad=((p + 1) // 2, p // 2))
+    return jax.lax.conv_general_dilated(
+        y, w.astype(y.dtype), window_strides=(factor, factor), padding="VALID",
+        dimension_numbers=_DIMS,
+    )
