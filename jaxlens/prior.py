@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import json
+import os
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,3 +27,103 @@ def network_score_fn(model: Any, params: Any, sde: VESDE) -> ScoreFn:
         return (eps / sigma).astype(x.dtype)
 
     return score
+
+
+PRIOR_META = "prior.json"
+
+
+class LoadedPrior(NamedTuple):
+    """A trained prior: network, EMA parameters, its SDE and its description."""
+
+    model: Any
+    params: Any
+    sde: VESDE
+    meta: dict
+
+    def score_fn(self) -> ScoreFn:
+        return network_score_fn(self.model, self.params, self.sde)
+
+
+def export_prior(workdir: str, out_dir: str, *, extra: dict | None = None) -> str:
+    """Writes the EMA parameters of the newest checkpoint in a training `workdir` to `out_dir`.
+
+    The result holds only what sampling needs: `params/` (orbax) and `prior.json`
+    (architecture, σ_min, σ_max, step, plus `extra`). It is what ships in
+    `checkpoints/procedural_64/`.
+    """
+    import orbax.checkpoint as ocp
+
+    from jaxlens.train import checkpoint as ckpt
+
+    mngr = ckpt.manager(workdir)
+    step = mngr.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}")
+    meta = ckpt.read_meta(mngr, step)
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    params = state["ema_params"]
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    with ocp.StandardCheckpointer() as saver:
+        saver.save(os.path.join(out_dir, "params"), params, force=True)
+    meta = {**meta, "step": int(step), **(extra or {})}
+    with open(os.path.join(out_dir, PRIOR_META), "w") as f:
+        json.dump(meta, f, indent=2)
+    return out_dir
+
+
+def model_from_architecture(arch: dict, *, dtype=jnp.float32) -> Any:
+    """Rebuilds the NCSN++ from the architecture dict stored with a checkpoint."""
+    from jaxlens.nn import NCSNpp
+
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()
+              if k not in ("image_size", "channels")}
+    return NCSNpp(**fields, dtype=dtype)
+
+
+def load_prior(path: str, *, dtype=jnp.float32) -> LoadedPrior:
+    """Loads an exported prior directory or the newest checkpoint of a training workdir.
+
+    Args:
+      path: a directory with `prior.json` + `params/` (exported), or a training workdir.
+      dtype: compute dtype of the rebuilt network (parameters stay float32).
+
+    Returns:
+      LoadedPrior with the EMA parameters.
+    """
+    import orbax.checkpoint as ocp
+
+    from jaxlens.train import checkpoint as ckpt
+
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    if os.path.exists(os.path.join(path, PRIOR_META)):
+        with open(os.path.join(path, PRIOR_META)) as f:
+            meta = json.load(f)
+        model = model_from_architecture(meta["model"], dtype=dtype)
+        abstract = _abstract_params(model, meta)
+        with ocp.StandardCheckpointer() as loader:
+            params = loader.restore(os.path.join(path, "params"), abstract)
+    elif os.path.isdir(os.path.join(path, "checkpoints")):
+        mngr = ckpt.manager(path)
+        step = mngr.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {path}")
+        meta = ckpt.read_meta(mngr, step)
+        model = model_from_architecture(meta["model"], dtype=dtype)
+        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        params = state["ema_params"]
+        meta = {**meta, "step": int(step)}
+    else:
+        raise FileNotFoundError(f"{path} holds neither {PRIOR_META} nor a checkpoints/ folder")
+    sde = VESDE(sigma_min=float(meta["sigma_min"]), sigma_max=float(meta["sigma_max"]))
+    return LoadedPrior(model, params, sde, meta)
+
+
+def _abstract_params(model: Any, meta: dict) -> Any:
+    h, w, c = meta["image_shape"]
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, h, w, c)), jnp.ones((1,)), train=False)
+    )
+    return shapes["params"]

@@ -50,15 +50,12 @@ def architecture(config: ml_collections.ConfigDict) -> dict:
 
 
 def build_model(config: ml_collections.ConfigDict):
-    from jaxlens.nn import NCSNpp
-
-    kw = model_kwargs(config)
+    """The NCSN++ of `config`, in its compute dtype."""
     if config.model.dtype not in _DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {config.model.dtype!r}")
-    return NCSNpp(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()},
-        dtype=_DTYPES[config.model.dtype],
-    )
+    from jaxlens.prior import model_from_architecture
+
+    return model_from_architecture(architecture(config), dtype=_DTYPES[config.model.dtype])
 
 
 def parse_sigma_max(value) -> float | None:
