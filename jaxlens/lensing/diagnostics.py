@@ -1,0 +1,72 @@
+"""Diagnostics of the forward operator (Adam et al. 2022, appendix A).
+
+The convolved likelihood (their eq. 19) replaces σ(t)² AAᵀ by σ(t)² I in the
+covariance of p_t(y | x). That is a good approximation when AAᵀ is close to
+diagonal with a diagonal near 1. For small geometries we form AAᵀ explicitly
+and report its diagonal and how many off-diagonal entries are non-zero.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlens.lensing.forward import Geometry, lens_operator
+from jaxlens.lensing.mass import LensParams
+
+__all__ = ["AATDiagnostics", "aat_diagnostics"]
+
+_MAX_DENSE_ENTRIES = 2**26  # 64 M entries (512 MB in float64) for the dense A
+
+
+class AATDiagnostics(NamedTuple):
+    """Summary of AAᵀ.
+
+    Attributes:
+      diag: [m, m] diagonal of AAᵀ (each entry ≤ 1 for a normalised PSF).
+      offdiag_nonzero_fraction: fraction of the off-diagonal entries of AAᵀ whose
+        magnitude exceeds `atol`.
+      offdiag_max: largest off-diagonal magnitude.
+    """
+
+    diag: np.ndarray
+    offdiag_nonzero_fraction: float
+    offdiag_max: float
+
+
+def aat_diagnostics(lens: LensParams, geometry: Geometry, *, atol: float = 0.0) -> AATDiagnostics:
+    """Forms A densely (small geometries only) and summarises AAᵀ.
+
+    Args:
+      lens: concrete lens parameters.
+      geometry: a small geometry: (src_npix · img_npix)² must be below 2²⁶.
+      atol: off-diagonal entries with |value| ≤ atol count as zero.
+
+    Returns:
+      An `AATDiagnostics`.
+    """
+    n_src = geometry.src_npix**2
+    n_img = geometry.img_npix**2
+    if n_src * n_img > _MAX_DENSE_ENTRIES:
+        raise ValueError(
+            f"aat_diagnostics forms A densely; {n_img}×{n_src} is too large for this geometry"
+        )
+    A, _ = lens_operator(lens, geometry)
+    basis = jnp.eye(n_src, dtype=jnp.result_type(float)).reshape(
+        (n_src, geometry.src_npix, geometry.src_npix)
+    )
+    columns = jax.jit(jax.vmap(A))(basis)  # [n_src, m, m]: column k is A e_k
+    a = np.asarray(columns, dtype=np.float64).reshape(n_src, n_img).T
+    aat = a @ a.T
+    diag = np.diag(aat).copy()
+    off = aat - np.diag(diag)
+    n_off = n_img * (n_img - 1)
+    frac = float(np.count_nonzero(np.abs(off) > atol)) / n_off if n_off else 0.0
+    return AATDiagnostics(
+        diag=diag.reshape(geometry.img_shape),
+        offdiag_nonzero_fraction=frac,
+        offdiag_max=float(np.abs(off).max()) if n_off else 0.0,
+    )

@@ -1,0 +1,289 @@
+"""The lens forward model: y = A x (+ noise).
+
+A ray-traces the centres of a fine image-plane grid to the source plane,
+interpolates the source bilinearly there (zero outside it), optionally convolves
+with a PSF on the fine grid, and average-pools to the observed pixels. The result
+is the mean surface brightness over each observed pixel, in the source's units.
+
+* `render(source, lens, geometry)` is differentiable in the source *and* the
+  lens parameters (the path for lens-parameter inference).
+* `lens_operator(lens, geometry)` fixes the lens and returns the matrix-free
+  pair (A, Aᵀ); the ray tracing and the interpolation stencil are computed once.
+* `simulate(key, source, lens, geometry, sigma_n)` returns a noisy observation.
+
+Sources are [n, n] or [n, n, C] (C bands, each lensed the same way); outputs are
+[m, m] or [m, m, C] with m = fine_npix / pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlens.lensing.grid import pixel_grid
+from jaxlens.lensing.interpolate import apply_stencil, bilinear_stencil
+from jaxlens.lensing.mass import LensParams, ray_trace
+
+__all__ = ["Geometry", "render", "lens_operator", "simulate", "check_lens"]
+
+_PSF_SUM_RTOL = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Static description of the source grid, the ray-tracing grid and the detector.
+
+    Immutable and hashable (the PSF is stored as a tuple of tuples of floats), so
+    it can be a `jax.jit` static argument or closed over; it is not a pytree.
+
+    Attributes:
+      src_npix: source side, pixels (the source is src_npix × src_npix).
+      src_fov: source field of view, arcsec, centred on the origin.
+      fine_npix: side of the image-plane grid that is ray-traced, pixels.
+      img_fov: image field of view, arcsec (same for the fine and observed grids).
+      pool: average-pooling factor; the observation has fine_npix // pool pixels
+        on a side, and pool must divide fine_npix.
+      psf: optional PSF sampled on the *fine* grid: odd-sized 2-D, finite,
+        non-negative, summing to 1. Any array-like is accepted and converted.
+    """
+
+    src_npix: int
+    src_fov: float
+    fine_npix: int
+    img_fov: float
+    pool: int
+    psf: tuple[tuple[float, ...], ...] | None = None
+
+    def __post_init__(self):
+        for name in ("src_npix", "fine_npix", "pool"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"Geometry.{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        for name in ("src_fov", "img_fov"):
+            value = float(getattr(self, name))
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"Geometry.{name} must be a positive number of arcsec, got {value!r}")
+            object.__setattr__(self, name, value)
+        if self.fine_npix % self.pool:
+            raise ValueError(
+                f"Geometry.pool={self.pool} does not divide fine_npix={self.fine_npix}"
+            )
+        if self.psf is not None:
+            object.__setattr__(self, "psf", _validated_psf(self.psf))
+
+    @property
+    def img_npix(self) -> int:
+        """Side of the observed image, pixels."""
+        return self.fine_npix // self.pool
+
+    @property
+    def src_shape(self) -> tuple[int, int]:
+        return (self.src_npix, self.src_npix)
+
+    @property
+    def img_shape(self) -> tuple[int, int]:
+        return (self.img_npix, self.img_npix)
+
+    @property
+    def psf_array(self) -> np.ndarray | None:
+        """The PSF as a float64 numpy array, or None."""
+        return None if self.psf is None else np.asarray(self.psf, dtype=np.float64)
+
+
+def _validated_psf(psf) -> tuple[tuple[float, ...], ...]:
+    arr = np.asarray(psf, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"PSF must be a 2-D array, got shape {arr.shape}")
+    if arr.shape[0] % 2 == 0 or arr.shape[1] % 2 == 0:
+        raise ValueError(f"PSF must have odd sizes so that it has a centre pixel, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("PSF contains non-finite values")
+    if np.any(arr < 0):
+        raise ValueError("PSF has negative values")
+    total = arr.sum()
+    if abs(total - 1.0) > _PSF_SUM_RTOL:
+        raise ValueError(f"PSF must be normalised to sum 1, it sums to {total:.6g}")
+    return tuple(tuple(float(v) for v in row) for row in arr)
+
+
+def _is_concrete(tree) -> bool:
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def check_lens(lens: LensParams) -> None:
+    """Raise ValueError for a bad lens; value checks only when `lens` is concrete."""
+    if not isinstance(lens, LensParams):
+        raise ValueError(f"lens must be a LensParams, got {type(lens).__name__}")
+    if not _is_concrete(lens):
+        return
+    values = {name: np.asarray(getattr(lens, name), dtype=np.float64) for name in lens._fields}
+    for name, value in values.items():
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"lens parameter {name} is not finite: {value}")
+    if np.any(values["theta_e"] < 0):
+        raise ValueError(f"lens parameter theta_e must be >= 0, got {values['theta_e']}")
+    if np.any(values["e1"] ** 2 + values["e2"] ** 2 >= 1):
+        raise ValueError("lens ellipticity must satisfy e1² + e2² < 1 (axis ratio q > 0)")
+
+
+def _check_source(source: jax.Array, geometry: Geometry) -> None:
+    n = geometry.src_npix
+    if source.ndim not in (2, 3) or source.shape[:2] != (n, n):
+        raise ValueError(
+            f"source must have shape ({n}, {n}) or ({n}, {n}, C) for this geometry, got {source.shape}"
+        )
+
+
+def _check_image(image: jax.Array, geometry: Geometry) -> None:
+    m = geometry.img_npix
+    if image.ndim not in (2, 3) or image.shape[:2] != (m, m):
+        raise ValueError(
+            f"image must have shape ({m}, {m}) or ({m}, {m}, C) for this geometry, got {image.shape}"
+        )
+
+
+@functools.lru_cache(maxsize=16)
+def _fine_grid_np(n: int, fov: float) -> tuple[np.ndarray, np.ndarray]:
+    c = (np.arange(n, dtype=np.float64) - (n - 1) / 2) * (fov / n)
+    return tuple(np.meshgrid(c, c, indexing="xy"))
+
+
+def _fine_grid(geometry: Geometry, dtype) -> tuple[jax.Array, jax.Array]:
+    x, y = _fine_grid_np(geometry.fine_npix, geometry.img_fov)
+    return jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+
+
+def convolve_psf(image: jax.Array, psf: np.ndarray) -> jax.Array:
+    """'same'-size convolution with zero padding, per channel.
+
+    Args:
+      image: [H, W] or [H, W, C].
+      psf: odd-sized [kh, kw] kernel.
+    """
+    kernel = jnp.asarray(psf[::-1, ::-1], image.dtype)[:, :, None, None]  # HWIO, flipped
+    x = image[..., None] if image.ndim == 2 else image
+    x = jnp.moveaxis(x, -1, 0)[..., None]  # channels as batch: [C, H, W, 1]
+    out = jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    out = jnp.moveaxis(out[..., 0], 0, -1)
+    return out[..., 0] if image.ndim == 2 else out
+
+
+def average_pool(image: jax.Array, pool: int) -> jax.Array:
+    """Mean over pool×pool blocks of [H, W] or [H, W, C]."""
+    if pool == 1:
+        return image
+    h, w = image.shape[0] // pool, image.shape[1] // pool
+    blocks = image.reshape((h, pool, w, pool) + image.shape[2:])
+    return blocks.mean(axis=(1, 3))
+
+
+def _detector(fine: jax.Array, geometry: Geometry) -> jax.Array:
+    if geometry.psf is not None:
+        fine = convolve_psf(fine, geometry.psf_array)
+    return average_pool(fine, geometry.pool)
+
+
+def render(source: jax.typing.ArrayLike, lens: LensParams, geometry: Geometry) -> jax.Array:
+    """Lensed, PSF-convolved, pooled image of a pixelated source.
+
+    Differentiable in `source` and in every field of `lens`.
+
+    Args:
+      source: [n, n] or [n, n, C] surface brightness, n = geometry.src_npix.
+      lens: lens parameters (scalars; may be traced).
+      geometry: the grids and the PSF.
+
+    Returns:
+      [m, m] or [m, m, C] mean surface brightness, m = geometry.img_npix.
+    """
+    source = jnp.asarray(source)
+    _check_source(source, geometry)
+    check_lens(lens)
+    dtype = jnp.result_type(float, source)
+    x, y = _fine_grid(geometry, dtype)
+    bx, by = ray_trace(x, y, lens)
+    index, weight = bilinear_stencil(bx, by, geometry.src_npix, geometry.src_fov)
+    fine = apply_stencil(source, index, weight)
+    return _detector(fine, geometry)
+
+
+def lens_operator(lens: LensParams, geometry: Geometry):
+    """Matrix-free forward operator A and its adjoint Aᵀ for a fixed lens.
+
+    The ray tracing and the bilinear stencil are computed here, once. The
+    returned functions are pure, linear, and work under jit, vmap and grad, on
+    [n, n] and [n, n, C] sources (and [m, m], [m, m, C] images). No dense matrix
+    is ever formed.
+
+    Args:
+      lens: lens parameters; checked (finite, q > 0) when concrete.
+      geometry: the grids and the PSF.
+
+    Returns:
+      (A, AT) with A: [n, n(, C)] → [m, m(, C)] and AT: [m, m(, C)] → [n, n(, C)].
+    """
+    check_lens(lens)
+    dtype = jnp.result_type(float)
+    x, y = _fine_grid(geometry, dtype)
+    bx, by = ray_trace(x, y, lens)
+    index, weight = bilinear_stencil(bx, by, geometry.src_npix, geometry.src_fov)
+    n = geometry.src_npix
+
+    def A(source):
+        source = jnp.asarray(source)
+        _check_source(source, geometry)
+        return _detector(apply_stencil(source, index, weight), geometry)
+
+    def AT(image):
+        image = jnp.asarray(image)
+        _check_image(image, geometry)
+        primal = jax.ShapeDtypeStruct((n, n) + image.shape[2:], image.dtype)
+        (out,) = jax.linear_transpose(A, primal)(image)
+        return out
+
+    return A, AT
+
+
+def simulate(
+    key: jax.Array,
+    source: jax.typing.ArrayLike,
+    lens: LensParams,
+    geometry: Geometry,
+    sigma_n: jax.typing.ArrayLike,
+) -> jax.Array:
+    """Noisy observation y = render(source, lens, geometry) + σ_n · N(0, 1).
+
+    Args:
+      key: a PRNG key (jax.random.key).
+      source: [n, n] or [n, n, C].
+      lens: lens parameters.
+      geometry: the grids and the PSF.
+      sigma_n: noise standard deviation, a positive scalar or a per-pixel map
+        broadcastable to the image shape [m, m(, C)].
+
+    Returns:
+      The noisy image y only, [m, m] or [m, m, C] (call `render` for the clean one).
+    """
+    clean = render(source, lens, geometry)
+    sigma_n = jnp.asarray(sigma_n, clean.dtype)
+    try:
+        shape = jnp.broadcast_shapes(sigma_n.shape, clean.shape)
+    except ValueError as err:
+        raise ValueError(
+            f"sigma_n of shape {sigma_n.shape} does not broadcast to the image shape {clean.shape}"
+        ) from err
+    if shape != clean.shape:
+        raise ValueError(f"sigma_n of shape {sigma_n.shape} would enlarge the image shape {clean.shape}")
+    if _is_concrete(sigma_n):
+        s = np.asarray(sigma_n)
+        if not np.all(np.isfinite(s)) or not np.all(s > 0):
+            raise ValueError("sigma_n must be finite and > 0 everywhere")
+    return clean + sigma_n * jax.random.normal(key, clean.shape, clean.dtype)
