@@ -143,13 +143,17 @@ def magnification_from_rays(
 ) -> np.ndarray:
     """Source-plane magnification by ray counting.
 
-    Shoots one ray per pixel centre of an img_npix² grid over img_fov, and
-    counts how many land in each source pixel. Each ray carries image-plane
-    area (img_fov/img_npix)², so μ = count · (image pixel area)/(source pixel
-    area): the *total* magnification of a small source in that pixel, summed
-    over all its images. Images outside img_fov are not counted, so μ is
-    underestimated where some image falls off the field. Counting noise falls
-    as the ray grid is refined (≈ 1/√(rays per pixel) near caustics).
+    Shoots one ray per pixel centre of an img_npix² grid over img_fov and
+    accumulates, in each source pixel, the image-plane area of the rays that
+    land there: μ = (image area mapped into the pixel)/(source pixel area),
+    the *total* magnification of a small source in that pixel, summed over all
+    its images. Each ray's area (img_fov/img_npix)² is shared among the four
+    nearest source pixel centres with bilinear (cloud-in-cell) weights, the
+    adjoint of the bilinear interpolation used by the forward model; this
+    removes the aliasing of plain nearest-pixel counting on a regular ray
+    lattice, at the cost of a one-pixel tent smoothing. Images outside
+    img_fov are not counted, so μ is underestimated where an image falls off
+    the field.
 
     Args:
       ray_shoot: (x, y) -> (β_x, β_y), arcsec; vectorised over arrays.
@@ -170,16 +174,21 @@ def magnification_from_rays(
     # NaN rows pad the last batch so a jitted ray_shoot sees one shape; they land nowhere.
     ys = np.concatenate([xs, np.full(-img_npix % rows, np.nan)])
     d_src = src_fov / src_npix
-    counts = np.zeros(src_npix * src_npix, dtype=np.int64)
+    counts = np.zeros(src_npix * src_npix, dtype=np.float64)
     for start in range(0, ys.size, rows):
         y, x = np.meshgrid(ys[start : start + rows], xs, indexing="ij")
         with np.errstate(invalid="ignore"):
-            bx, by = (np.asarray(b, dtype=np.float64) for b in ray_shoot(x, y))
-        j = np.floor((bx + src_fov / 2) / d_src)
-        i = np.floor((by + src_fov / 2) / d_src)
-        inside = np.isfinite(bx) & np.isfinite(by) & (j >= 0) & (j < src_npix) & (i >= 0) & (i < src_npix)
-        flat = (i[inside] * src_npix + j[inside]).astype(np.int64)
-        counts += np.bincount(flat, minlength=src_npix * src_npix)
+            bx, by = (np.asarray(b, dtype=np.float64).ravel() for b in ray_shoot(x, y))
+        ok = np.isfinite(bx) & np.isfinite(by)
+        u = (bx[ok] + src_fov / 2) / d_src - 0.5  # in units of pixels, 0 at the first centre
+        v = (by[ok] + src_fov / 2) / d_src - 0.5
+        j0, i0 = np.floor(u), np.floor(v)
+        wu, wv = u - j0, v - i0
+        for dj, di, w in ((0, 0, (1 - wu) * (1 - wv)), (1, 0, wu * (1 - wv)), (0, 1, (1 - wu) * wv), (1, 1, wu * wv)):
+            j, i = j0 + dj, i0 + di
+            inside = (j >= 0) & (j < src_npix) & (i >= 0) & (i < src_npix)
+            flat = (i[inside] * src_npix + j[inside]).astype(np.int64)
+            counts += np.bincount(flat, weights=w[inside], minlength=src_npix * src_npix)
     ratio = (img_fov / img_npix) ** 2 / d_src**2
     return counts.reshape(src_npix, src_npix) * ratio
 
