@@ -541,8 +541,9 @@ def prepare_out_dir(out: str | os.PathLike, *, resume: bool, overwrite: bool) ->
 
     * A missing or empty folder is created/used.
     * A non-empty folder needs `resume` (keep its chunks and continue) or
-      `overwrite` (delete this package's own outputs: chunks, samples.*,
-      settings.json; other files are left, and replaced only when rewritten).
+      `overwrite` (delete this package's own outputs: chunks/ (chunk files
+      and manifest), samples.*, settings.json; other files are left, and
+      replaced only when rewritten).
 
     Raises:
       OutputExistsError: non-empty folder without resume or overwrite.
@@ -563,9 +564,10 @@ def prepare_out_dir(out: str | os.PathLike, *, resume: bool, overwrite: bool) ->
             for name in _OWN_OUTPUTS:
                 (out / name).unlink(missing_ok=True)
             chunks = out / "chunks"
-            if chunks.is_dir():
+            if chunks.is_dir():  # jaxlens.sample.chunks layout: chunk files, manifest, temp files
                 for p in chunks.iterdir():
-                    if _CHUNK_RE.match(p.name):
+                    if p.is_file() and (_CHUNK_RE.match(p.name) or p.name == "manifest.json"
+                                        or p.name.startswith(".tmp-")):
                         p.unlink()
                 if not any(chunks.iterdir()):
                     shutil.rmtree(chunks)

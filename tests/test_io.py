@@ -301,6 +301,7 @@ def test_prepare_out_dir(tmp_path):
     assert io.prepare_out_dir(out, resume=False, overwrite=False) == out and out.is_dir()
     io.prepare_out_dir(out, resume=False, overwrite=False)  # empty: fine
     io.write_chunk(out, 0, np.zeros((2, 4, 4, 1)))
+    (out / "chunks" / "manifest.json").write_text("{}")
     (out / "samples.fits").write_text("old")
     (out / "notes.txt").write_text("mine")
     with pytest.raises(io.OutputExistsError, match="--resume") as err:
@@ -311,6 +312,7 @@ def test_prepare_out_dir(tmp_path):
     assert io.completed_chunks(out) == [0]
     io.prepare_out_dir(out, resume=False, overwrite=True)
     assert io.completed_chunks(out) == [] and not (out / "samples.fits").exists()
+    assert not (out / "chunks").exists()
     assert (out / "notes.txt").read_text() == "mine"  # only our own outputs are removed
     with pytest.raises(ValueError, match="exclude"):
         io.prepare_out_dir(out, resume=True, overwrite=True)
