@@ -228,7 +228,7 @@ def read_psf(path: str | os.PathLike, *, normalize: bool = False) -> np.ndarray:
     if abs(total - 1.0) > _PSF_SUM_ATOL and not normalize:
         raise ValueError(
             f"PSF in {path} sums to {total:.6g}, not 1 within {_PSF_SUM_ATOL}; "
-            "pass normalize=True (--normalize_psf) to rescale it"
+            "pass normalize=True to rescale it"
         )
     return psf / total
 
