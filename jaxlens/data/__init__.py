@@ -1,7 +1,7 @@
 """Training data: procedural galaxies, TFDS array_record builders, normalisation, batches.
 
   procedural   draw_params, procedural_galaxy(ies): the embedded default galaxies
-  render       GalaxyParams and the light profiles (Sérsic, disk, arms, clumps, ...)
+  profiles     GalaxyParams, render: the light profiles (Sérsic, disk, arms, clumps, ...)
   normalize    Normalization(kind='peak'|'sum'|'fixed'|'none', scale, clip)
   builders     TFDS builders procedural_galaxies, probes, fits_folder; load_source
   pipeline     batch_indices, get_batch (deterministic in (seed, step)), shard_batch
@@ -22,7 +22,7 @@ from jaxlens.data.pipeline import (
     shard_batch,
 )
 from jaxlens.data.procedural import KINDS, draw_params, procedural_galaxies, procedural_galaxy
-from jaxlens.data.render import GalaxyParams, render, sersic_b
+from jaxlens.data.profiles import GalaxyParams, render, sersic_b
 
 _LAZY = {
     "load_source": "jaxlens.data.builders.load",

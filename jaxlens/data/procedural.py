@@ -1,7 +1,7 @@
 """Procedural galaxies: the embedded default training set.
 
 Each galaxy is drawn from an integer seed (``numpy.random.default_rng(seed)``) by
-`draw_params` as a `GalaxyParams` (see `jaxlens.data.render` for the light profiles)
+`draw_params` as a `GalaxyParams` (see `jaxlens.data.profiles` for the light profiles)
 and rendered noise-free. Lengths are in units of the stamp side, so one seed gives the
 same galaxy at any npix, filling the stamp like a PROBES cutout: disks have scale lengths
 0.065-0.12 of the side and stay visible out to ~0.3-0.45 of it.
@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from jaxlens.data.render import GalaxyParams, render, sersic_b
+from jaxlens.data.profiles import GalaxyParams, render, sersic_b
 
 __all__ = ["GalaxyParams", "KINDS", "draw_params", "procedural_galaxy", "procedural_galaxies"]
 
@@ -197,7 +197,7 @@ def draw_params(rng: np.random.Generator, *, kind: str | None = None, _companion
         offset = (center[0] + dist * math.cos(ang), center[1] + dist * math.sin(ang))
         shift = np.subtract(offset, comp.center)
         p["companion"] = dataclasses.replace(comp, center=offset, clump_xy=comp.clump_xy + shift,
-                                             peak=rng.uniform(0.15, 0.6), dust_tau=0.0)
+                                             flux_ratio=rng.uniform(0.1, 0.5), dust_tau=0.0)
         tails = [_tidal_tail(rng, r_d=r_d, center=center, flux=rng.uniform(0.04, 0.12))
                  for _ in range(int(rng.integers(1, 3)))]
         p.update(tail_xy=np.concatenate([t[0] for t in tails]),

@@ -40,7 +40,7 @@ from jaxlens.data.normalize import Normalization
 from jaxlens.data.procedural import procedural_galaxy
 
 __all__ = ["ProceduralGalaxies", "ProceduralConfig", "Probes", "FitsFolder", "CutoutConfig",
-           "VALIDATION_SEED_START", "HELD_OUT_SEED_START", "PROBES_COUNT", "split_of"]
+           "VALIDATION_SEED_START", "HELD_OUT_SEED_START", "PROBES_COUNT", "split_of", "fits_files"]
 
 VALIDATION_SEED_START = 500_000
 HELD_OUT_SEED_START = 1_000_000
@@ -184,7 +184,8 @@ class CutoutConfig(tfds.core.BuilderConfig):
                    allow_resize=allow_resize, normalization=norm, validation_fraction=validation_fraction)
 
 
-def _fits_files(manual_dir) -> list:
+def fits_files(manual_dir) -> list[str]:
+    """Sorted FITS paths in manual_dir; ValueError if it is not a directory or has none."""
     if manual_dir is None or not os.path.isdir(manual_dir):
         raise ValueError(f"manual_dir {manual_dir!r} is not a directory of FITS cutouts")
     files = sorted(os.path.join(manual_dir, f) for f in os.listdir(manual_dir)
@@ -211,7 +212,7 @@ class _CutoutBuilder(_NoTFBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         c = self.builder_config
-        files = _fits_files(os.fspath(dl_manager.manual_dir))
+        files = fits_files(os.fspath(dl_manager.manual_dir))
         self._check_count(len(files))
         splits = {"train": [], "validation": []}
         for f in files:

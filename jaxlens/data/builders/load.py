@@ -8,7 +8,14 @@ import re
 
 import tensorflow_datasets as tfds
 
-from jaxlens.data.builders.datasets import CutoutConfig, FitsFolder, ProceduralConfig, ProceduralGalaxies, Probes
+from jaxlens.data.builders.datasets import (
+    CutoutConfig,
+    FitsFolder,
+    ProceduralConfig,
+    ProceduralGalaxies,
+    Probes,
+    fits_files,
+)
 from jaxlens.data.normalize import Normalization
 
 __all__ = ["DATASETS", "load_source", "make_builder"]
@@ -126,6 +133,8 @@ def _prepare(builder, name: str, manual_dir: str | None) -> None:
         if name != "procedural_galaxies" and (manual_dir is None or not os.path.isdir(manual_dir)):
             raise ValueError(f"{name} is not prepared in {builder.data_dir} and manual_dir={manual_dir!r} is not a "
                              "directory; pass manual_dir=<folder of FITS cutouts> (see docs/data.md)")
+        if name != "procedural_galaxies":
+            fits_files(manual_dir)  # a clear error for an empty folder, before TFDS's own
         config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
         builder.download_and_prepare(download_config=config)
 

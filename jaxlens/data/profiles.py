@@ -16,8 +16,8 @@ Components (surface brightness, summed):
   * an optional companion galaxy (itself a `GalaxyParams`).
 
 Smooth components are averaged over an oversample² sub-pixel grid (3×3 by default) and
-the bulge again over 15×15 in the 7×7 pixels around its centre, so cuspy n ~ 4 bulges
-are not aliased. Pixel [i, j] is centred on (x_j, y_i) = ((j - (npix-1)/2)/npix,
+the bulge again over 15×15 in the 7×7 pixels around its centre (45×45 in the pixels
+touching it), so cuspy n ~ 4 bulges are not aliased. Pixel [i, j] is centred on (x_j, y_i) = ((j - (npix-1)/2)/npix,
 (i - (npix-1)/2)/npix): x grows with j and y with i (FITS order). Position angles are
 counter-clockwise from +x.
 """
@@ -76,6 +76,7 @@ class GalaxyParams:
     tail_sigma: np.ndarray
     tail_flux: np.ndarray
     companion: GalaxyParams | None = None
+    flux_ratio: float = 1.0  # of a companion: its total flux over the main galaxy's
 
     @property
     def q_disk(self) -> float:
@@ -182,14 +183,15 @@ def _pixel_gaussians(xy, sigma, flux, npix) -> np.ndarray:
 
 
 def _bulge_pixels(p: GalaxyParams, npix: int, oversample: int, xs: np.ndarray) -> np.ndarray:
-    """Pixel-averaged bulge; pixels within 3 px of its centre resampled on a 15×15 grid."""
+    """Pixel-averaged bulge: the pixels within 3 px of its centre are resampled on a
+    15×15 grid, and the (up to 2×2) pixels touching the centre on 45×45 (the cusp)."""
     sub = _sersic(xs[None, :], xs[:, None], p).reshape(npix, oversample, npix, oversample).mean((1, 3))
-    fine = 15
-    ci = int(round(p.center[1] * npix + (npix - 1) / 2))
-    cj = int(round(p.center[0] * npix + (npix - 1) / 2))
-    offs = ((np.arange(fine) + 0.5) / fine - 0.5) / npix
+    yc, xc = p.center[1] * npix + (npix - 1) / 2, p.center[0] * npix + (npix - 1) / 2
+    ci, cj = int(round(yc)), int(round(xc))
     for i in range(max(ci - 3, 0), min(ci + 4, npix)):
         for j in range(max(cj - 3, 0), min(cj + 4, npix)):
+            fine = 45 if abs(i - yc) <= 1 and abs(j - xc) <= 1 else 15
+            offs = ((np.arange(fine) + 0.5) / fine - 0.5) / npix
             y0, x0 = (i - (npix - 1) / 2) / npix, (j - (npix - 1) / 2) / npix
             sub[i, j] = _sersic(x0 + offs[None, :], y0 + offs[:, None], p).mean()
     return sub
@@ -230,11 +232,12 @@ def render(params: GalaxyParams, npix: int, *, oversample: int = 3, taper: bool 
     image = image + _pixel_gaussians(params.tail_xy, params.tail_sigma, params.tail_flux, npix)
     if params.companion is not None:
         comp = _render_one(params.companion, npix, oversample)
-        image = image + comp * (params.companion.peak / params.peak) * image.max() / max(comp.max(), 1e-30)
+        image = image + comp * (params.companion.flux_ratio * image.sum() / max(comp.sum(), 1e-300))
     if taper:
         xs = (np.arange(npix) - (npix - 1) / 2) / npix
         r = np.hypot(xs[None, :], xs[:, None])
-        image = image * np.where(r < 0.42, 1.0, np.cos(np.clip((r - 0.42) / 0.08, 0, 1) * np.pi / 2) ** 2)
+        window = np.cos(np.clip((r - 0.42) / 0.08, 0, 1) * np.pi / 2) ** 2
+        image = image * np.where(r < 0.42, 1.0, np.where(r < 0.5, window, 0.0))
     if normalize:
         image = image * (params.peak / image.max())
     return np.maximum(image, 0).astype(np.float32)
