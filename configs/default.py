@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.npix = 64
     d.channels = 1
     d.count = 20000  # procedural_galaxies only
-    d.normalization = "peak"  # peak | sum | none (see jaxlens.data.normalize)
+    d.normalization = "auto"  # auto (none for procedural, peak for cutouts) | peak | sum | none
     d.augment = True
 
     # Score network (NCSN++), constructor fields of jaxlens.nn.NCSNpp.

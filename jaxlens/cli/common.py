@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import os
 
 import jax
@@ -12,6 +13,16 @@ import ml_collections
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def setup_logging(level: int) -> None:
+    """Our messages at `level`; orbax and other absl loggers only from WARNING."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jaxlens").setLevel(level)
+    absl_logging.get_absl_handler().setLevel(logging.DEBUG)
 
 
 def maybe_initialize_distributed() -> None:
@@ -51,11 +62,9 @@ def architecture(config: ml_collections.ConfigDict) -> dict:
 
 def build_model(config: ml_collections.ConfigDict):
     """The NCSN++ of `config`, in its compute dtype."""
-    if config.model.dtype not in _DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {config.model.dtype!r}")
     from jaxlens.prior import model_from_architecture
 
-    return model_from_architecture(architecture(config), dtype=_DTYPES[config.model.dtype])
+    return model_from_architecture(architecture(config), dtype=compute_dtype(config))
 
 
 def parse_sigma_max(value) -> float | None:
@@ -69,3 +78,79 @@ def parse_sigma_max(value) -> float | None:
     if not out > 0:
         raise ValueError(f"sde.sigma_max must be > 0, got {out}")
     return out
+
+
+def exit_on_user_error(fn, *args, **kwargs):
+    """Runs fn; a user error (bad input, bad checkpoint) exits with status 2 and one clear line.
+
+    Programming errors still raise with a traceback.
+    """
+    from jaxlens.train.checkpoint import CheckpointError
+
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError) as e:
+        log.debug("user error", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+    if config.model.dtype not in _DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {config.model.dtype!r}")
+    return _DTYPES[config.model.dtype]
+
+
+def geometry(config: ml_collections.ConfigDict, psf=None):
+    from jaxlens.lensing import Geometry
+
+    l = config.lens
+    return Geometry(src_npix=config.data.npix, src_fov=l.src_fov, fine_npix=l.fine_npix,
+                    img_fov=l.img_fov, pool=l.pool, psf=psf)
+
+
+def lens_params(config: ml_collections.ConfigDict):
+    from jaxlens.lensing import LensParams
+
+    return LensParams(*(float(config.lens[k]) for k in LensParams._fields))
+
+
+def sampling_options(config: ml_collections.ConfigDict):
+    from jaxlens.reconstruct import SamplingOptions
+
+    s = config.sampling
+    return SamplingOptions(
+        n_chains=s.n_chains, n_steps=s.n_steps, confidence=s.confidence, likelihood=s.likelihood,
+        cg_tol=s.cg_tol, cg_maxiter=s.cg_maxiter, solver=s.solver, snr=s.snr, denoise=s.denoise,
+        chunk_size=s.chunk_size, seed=s.seed)
+
+
+def problem_from_config(config, *, observation=None, noise=None, psf=None, lens=None):
+    """The observation to reconstruct: read from files, or simulated from the config.
+
+    Simulation uses the held-out procedural galaxy `config.lens.source_seed`, the
+    config's lens (or --lens) and σ_n (or --noise, a number).
+    """
+    import numpy as np
+
+    from jaxlens import io
+    from jaxlens.data import procedural_galaxy
+    from jaxlens.lensing import check_lens
+    from jaxlens.reconstruct import Problem, simulated_problem
+
+    geo = geometry(config, psf=io.read_psf(psf) if psf else None)
+    lens_p = io.read_lens(lens) if lens else lens_params(config)
+    check_lens(lens_p)
+    n_obs = geo.fine_npix // geo.pool
+    if observation:
+        y = io.read_image(observation, name="observation")
+        if y.shape != (n_obs, n_obs):
+            raise ValueError(f"observation {observation} is {y.shape[0]}x{y.shape[1]} but the geometry "
+                             f"observes {n_obs}x{n_obs} pixels (fine_npix / pool)")
+        sigma = io.read_noise(noise if noise is not None else config.lens.sigma_n, shape=y.shape)
+        return Problem(y[..., None], sigma, lens_p, geo)
+    sigma = io.read_noise(noise if noise is not None else config.lens.sigma_n)
+    if np.ndim(sigma) != 0:
+        raise ValueError("a simulated observation needs a scalar --noise")
+    source = procedural_galaxy(int(config.lens.source_seed), config.data.npix)
+    return simulated_problem(jax.random.key(config.seed), source, lens_p, geo, float(sigma))

@@ -32,9 +32,9 @@ log = logging.getLogger("jaxlens.train")
 def main(argv) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    common.setup_logging(logging.INFO)
     common.maybe_initialize_distributed()
-    train_from_config(_CONFIG.value, os.path.expanduser(_WORKDIR.value))
+    common.exit_on_user_error(train_from_config, _CONFIG.value, os.path.expanduser(_WORKDIR.value))
 
 
 def train_from_config(config, workdir: str):
@@ -47,7 +47,8 @@ def train_from_config(config, workdir: str):
         config.data.name, os.path.expanduser(config.data.data_dir), split="train",
         npix=config.data.npix, channels=config.data.channels,
         manual_dir=os.path.expanduser(config.data.manual_dir) or None,
-        count=config.data.count, normalization=config.data.normalization)
+        count=config.data.count,
+        normalization=None if config.data.normalization == "auto" else config.data.normalization)
     log.info("data: %s, %d images of %dx%d (%.1fs)", config.data.name, len(source),
              config.data.npix, config.data.npix, time.perf_counter() - t0)
 

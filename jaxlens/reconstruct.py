@@ -1,0 +1,214 @@
+"""One posterior reconstruction, end to end: problem, sampling, outputs and figures.
+
+This is what `bin/sample` runs. It takes plain objects (no config):
+
+  problem  = simulated_problem(...)  or  Problem(y, sigma_n, lens, geometry)
+  summary  = reconstruct(problem, prior, SamplingOptions(...), out_dir)
+
+Outputs in `out_dir`: samples.fits / samples.npz, mean.fits, std.fits,
+observation.fits, residual_lens.fits (y − A·mean, in units of σ_n), truth.fits and
+residual_source.fits (mean − truth) when the truth is known, summary.json,
+figure1.png and figure3.png. Chunks of chains go to out_dir/chunks while running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlens import io
+from jaxlens.diagnostics import figures, metrics
+from jaxlens.lensing import Geometry, LensParams, check_lens, lens_operator, render
+from jaxlens.prior import LoadedPrior
+from jaxlens.sample import EulerMaruyama, PredictorCorrector, ProbabilityFlow, sample_posterior
+from jaxlens.sde import steps_for_confidence
+
+SOLVERS = ("em", "pc", "ode")
+
+
+class Problem(NamedTuple):
+    """A lensing observation with a known lens.
+
+    Attributes:
+      y: observation [h, w, C].
+      sigma_n: noise std, a number or a map [h, w] / [h, w, C] (inf: unused pixel).
+      lens: lens parameters.
+      geometry: source, ray-tracing and detector grids.
+      truth: the true source [H, W, C] when simulated, else None.
+    """
+
+    y: np.ndarray
+    sigma_n: Any
+    lens: LensParams
+    geometry: Geometry
+    truth: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """How to sample. `n_steps=0` chooses N by Technique 2 at `confidence`."""
+
+    n_chains: int = 16
+    n_steps: int = 0
+    confidence: float = 0.97
+    likelihood: str = "eq19"
+    cg_tol: float = 1e-5
+    cg_maxiter: int = 50
+    solver: str = "em"
+    snr: float = 0.16
+    denoise: bool = False
+    chunk_size: int = 16
+    seed: int = 1
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.n_chains < 1 or self.n_steps < 0 or self.chunk_size < 1:
+            raise ValueError(f"need n_chains >= 1, n_steps >= 0 and chunk_size >= 1, got {self}")
+
+
+def simulated_problem(
+    key: jax.Array, source: np.ndarray, lens: LensParams, geometry: Geometry, sigma_n: float
+) -> Problem:
+    """Observes `source` [H, W] or [H, W, C] through the lens with Gaussian noise σ_n."""
+    if not (np.isfinite(sigma_n) and sigma_n > 0):
+        raise ValueError(f"sigma_n must be a finite number > 0, got {sigma_n}")
+    source = np.asarray(source, np.float32)
+    if source.ndim == 2:
+        source = source[..., None]
+    clean = render(jnp.asarray(source), lens, geometry)
+    y = clean + sigma_n * jax.random.normal(key, clean.shape, clean.dtype)
+    return Problem(np.asarray(y), float(sigma_n), lens, geometry, source)
+
+
+def n_steps_for(options: SamplingOptions, prior: LoadedPrior, shape: tuple[int, ...]) -> int:
+    if options.n_steps > 0:
+        return options.n_steps
+    return steps_for_confidence(options.confidence, int(np.prod(shape)), prior.sde.sigma_min,
+                                prior.sde.sigma_max)
+
+
+def _solver(options: SamplingOptions):
+    if options.solver == "pc":
+        return PredictorCorrector(snr=options.snr)
+    if options.solver == "ode":
+        return ProbabilityFlow()
+    return EulerMaruyama()
+
+
+def check_compatible(problem: Problem, prior: LoadedPrior) -> tuple[int, int, int]:
+    """The source shape [H, W, C]; raises if the prior was trained on another size."""
+    h, w, c = (int(v) for v in prior.meta["image_shape"])
+    g = problem.geometry
+    if (h, w) != (g.src_npix, g.src_npix):
+        raise ValueError(f"the prior was trained on {h}x{w} images but the geometry's source is "
+                         f"{g.src_npix}x{g.src_npix}")
+    y_c = problem.y.shape[-1] if problem.y.ndim == 3 else 1
+    if y_c != c:
+        raise ValueError(f"the prior has {c} channel(s) but the observation has {y_c}")
+    return h, w, c
+
+
+def reconstruct(
+    problem: Problem,
+    prior: LoadedPrior,
+    options: SamplingOptions,
+    out_dir: str,
+    *,
+    tag: str = "",
+    settings: dict | None = None,
+) -> dict:
+    """Samples p(x | y) and writes every output; returns the summary (also summary.json).
+
+    `out_dir` must already be prepared (see `jaxlens.io.prepare_out_dir`); chunks of
+    chains found in out_dir/chunks from an interrupted run with the same settings are
+    reused.
+    """
+    timings = {}
+    t0 = time.perf_counter()
+    check_lens(problem.lens)
+    shape = check_compatible(problem, prior)
+    y = problem.y if problem.y.ndim == 3 else problem.y[..., None]
+    A, AT = lens_operator(problem.lens, problem.geometry)
+    n_steps = n_steps_for(options, prior, shape)
+    timings["setup_s"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    samples = sample_posterior(
+        jax.random.key(options.seed), prior.score_fn(), y, A, AT, problem.sigma_n, prior.sde,
+        options.n_chains, n_steps, likelihood=options.likelihood, cg_tol=options.cg_tol,
+        cg_maxiter=options.cg_maxiter, solver=_solver(options), denoise=options.denoise,
+        chunk_size=options.chunk_size, out_dir=os.path.join(out_dir, "chunks"),
+        progress=options.progress, tag=tag)
+    timings["sampling_s"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    summary = _write_outputs(problem, y, samples, A, out_dir)
+    timings["outputs_s"] = time.perf_counter() - t2
+    timings["total_s"] = time.perf_counter() - t0
+    summary.update(
+        settings={**(settings or {}), **dataclasses.asdict(options), "n_steps": n_steps},
+        n_steps=n_steps,
+        wall_time_s=round(timings["total_s"], 2),
+        timings_s={k: round(v, 2) for k, v in timings.items()},
+        devices={"count": jax.device_count(), "processes": jax.process_count(),
+                 "kind": jax.devices()[0].device_kind, "platform": jax.default_backend()},
+        host=platform.machine(),
+        jax_version=jax.__version__,
+    )
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def _write_outputs(problem: Problem, y: np.ndarray, samples: np.ndarray, A, out_dir: str) -> dict:
+    g = problem.geometry
+    lensed = np.asarray(jax.jit(jax.vmap(A))(jnp.asarray(samples)))
+    sigma = problem.sigma_n
+    sigma_b = np.broadcast_to(sigma if np.ndim(sigma) != 2 else np.asarray(sigma)[..., None], y.shape)
+    chi2 = metrics.reduced_chi2(y[None] - lensed, sigma_b)
+    mean, std = metrics.posterior_moments(samples)
+    model = np.asarray(A(jnp.asarray(mean)))
+    snr = metrics.residual_snr(y, model, sigma_b)
+    summary = {
+        "n_chains": int(samples.shape[0]),
+        "chi2_nu": [round(float(v), 4) for v in chi2],
+        "chi2_nu_median": float(np.median(chi2)),
+        "mean_residual_snr_rms": float(np.sqrt(np.mean(snr[np.isfinite(sigma_b)] ** 2))),
+    }
+    if jax.process_index() != 0:
+        return summary
+    meta = {"chains": int(samples.shape[0])}
+    io.write_samples(out_dir, samples, header=meta, fov=g.src_fov)
+    io.write_map(os.path.join(out_dir, "mean.fits"), mean, meta, fov=g.src_fov)
+    io.write_map(os.path.join(out_dir, "std.fits"), std, meta, fov=g.src_fov)
+    io.write_map(os.path.join(out_dir, "observation.fits"), y, fov=g.img_fov)
+    io.write_map(os.path.join(out_dir, "residual_lens.fits"), snr, {"comment": "(y - A mean) / sigma_n"},
+                 fov=g.img_fov)
+    truth_lensed = None
+    if problem.truth is not None:
+        truth = problem.truth
+        io.write_map(os.path.join(out_dir, "truth.fits"), truth, fov=g.src_fov)
+        io.write_map(os.path.join(out_dir, "residual_source.fits"), mean - truth,
+                     {"comment": "posterior mean - truth"}, fov=g.src_fov)
+        truth_lensed = np.asarray(A(jnp.asarray(truth)))
+        err = float(np.linalg.norm(mean - truth) / np.linalg.norm(truth))
+        summary["source_relative_error"] = err
+        summary["source_residual_over_std_rms"] = float(
+            np.sqrt(np.mean(((mean - truth) / np.maximum(std, 1e-12)) ** 2)))
+    truth_src = problem.truth if problem.truth is not None else mean
+    figures.figure1(os.path.join(out_dir, "figure1.png"), truth_source=truth_src, observation=y,
+                    samples=samples, lens_images_of_samples=lensed, sigma_n=sigma_b,
+                    truth_lensed=truth_lensed, src_fov=g.src_fov, img_fov=g.img_fov)
+    figures.figure3(os.path.join(out_dir, "figure3.png"), samples[:16], chi2[:16], fov=g.src_fov)
+    return summary
