@@ -237,6 +237,7 @@ def test_fits_folder_splits_and_multiband(tmp_path, cutouts):
     img = np.moveaxis(np.random.default_rng(int(ids["train"][0][1:3])).uniform(0, 1, (3, 16, 16)), 0, -1)
     np.testing.assert_allclose(tr[0]["image"], img.reshape(8, 2, 8, 2, 3).mean((1, 3)), rtol=1e-5)
     assert len(data.load_source("fits_folder", str(tmp_path / "d"), count=2, **opts)) == 2
+    assert len(data.load_source("fits_folder", str(tmp_path / "d"), count=100, **opts)) == len(tr)
     # Another folder in the same data_dir is another data set.
     other = data.load_source("fits_folder", str(tmp_path / "d"), npix=8, manual_dir=str(folder),
                              validation_fraction=0.0)

@@ -116,15 +116,17 @@ def _texture_field(x, y, p: GalaxyParams) -> np.ndarray:
     """Σ_m a_m cos(k_m · (x_d, y_d) + φ_m) on the grid x [1, S] × y [S, 1].
 
     The disk-plane coordinates are affine in the sky ones, so each wave is an outer
-    product of two 1D complex exponentials and the sum is one complex matrix product.
+    product of 1D factors and the sum over waves is a matrix product.
     """
     c, s, q = math.cos(p.pa), math.sin(p.pa), p.q_disk
     kx, ky = p.texture_k[:, 0], p.texture_k[:, 1]
     alpha, beta = kx * c - ky * s / q, kx * s + ky * c / q
     gamma = p.texture_phase - alpha * p.center[0] - beta * p.center[1]
-    ey = np.exp(1j * y.reshape(-1, 1) * beta) * (p.texture_amp * np.exp(1j * gamma))
-    ex = np.exp(1j * x.reshape(-1, 1) * alpha)
-    return (ey @ ex.T).real
+    phase_y = y.reshape(-1, 1) * beta + gamma
+    phase_x = x.reshape(-1, 1) * alpha
+    amp = p.texture_amp
+    # cos(u + v) = cos u cos v - sin u sin v, as two real matrix products.
+    return (amp * np.cos(phase_y)) @ np.cos(phase_x).T - (amp * np.sin(phase_y)) @ np.sin(phase_x).T
 
 
 def _disk(x, y, p: GalaxyParams) -> np.ndarray:

@@ -84,7 +84,7 @@ def load_source(name: str, data_dir: str, *, split: str = "train", npix: int, ch
       channels: bands per image (C). Procedural galaxies have one.
       manual_dir: directory of FITS cutouts (probes, fits_folder); only needed to build.
       count: procedural: number of training galaxies (default 20000; validation gets
-        count // 10). probes / fits_folder: keep only the first ``count`` examples of the split.
+        count // 10). probes / fits_folder: keep at most the first ``count`` examples of the split.
       seed_offset: procedural: first training seed.
       normalization: a `Normalization` or its tag ('peak', 'sum', 'none', 'fixed1.48_clip1.48').
         Default: 'none' for procedural galaxies (already peak ~1), 'peak' for cutouts.
@@ -111,10 +111,12 @@ def load_source(name: str, data_dir: str, *, split: str = "train", npix: int, ch
                            normalization=normalization, bands=bands, centre=centre, crop=crop,
                            allow_resize=allow_resize, validation_fraction=validation_fraction)
     _prepare(builder, name, manual_dir)
+    base = split.split("[")[0]
+    if base not in builder.info.splits:
+        raise ValueError(f"{name}: no split {base!r}; available: {sorted(builder.info.splits)}")
     if name != "procedural_galaxies" and count is not None and "[" not in split:
-        split = f"{split}[:{int(count)}]"
-    if split.split("[")[0] not in builder.info.splits:
-        raise ValueError(f"{name}: no split {split!r}; available: {sorted(builder.info.splits)}")
+        if int(count) < builder.info.splits[base].num_examples:
+            split = f"{split}[:{int(count)}]"
     source = builder.as_data_source(split=split)
     shape = tuple(builder.info.features["image"].shape)
     if shape != (npix, npix, channels):
