@@ -99,7 +99,7 @@ def _tidal_tail(rng, *, r_d, center, flux):
     return xy, sigma, flux * w / w.sum()
 
 
-def draw_params(rng: np.random.Generator, *, kind: str | None = None, _companion: bool = False) -> GalaxyParams:
+def draw_params(rng: np.random.Generator, *, kind: str | None = None) -> GalaxyParams:
     """Draw one galaxy's parameters.
 
     Args:
@@ -109,13 +109,17 @@ def draw_params(rng: np.random.Generator, *, kind: str | None = None, _companion
     Returns:
       A `GalaxyParams`.
     """
+    return _draw(rng, kind, companion=False)
+
+
+def _draw(rng: np.random.Generator, kind: str | None, *, companion: bool) -> GalaxyParams:
     if kind is None:
         kind = str(rng.choice(KINDS, p=_KIND_P))
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     main_kind = str(rng.choice(["spiral", "spiral", "lenticular", "elliptical"])) if kind == "merger" else kind
-    size = 0.65 if _companion else 1.0
-    center = tuple(np.clip(rng.normal(0, 0.015, 2), -0.04, 0.04))
+    size = 0.65 if companion else 1.0
+    center = tuple(float(v) for v in np.clip(rng.normal(0, 0.015, 2), -0.04, 0.04))
     pa = rng.uniform(0, np.pi)
     inclination = math.acos(rng.uniform(0.08, 1.0))
     thickness = rng.uniform(0.1, 0.22)
@@ -191,10 +195,10 @@ def draw_params(rng: np.random.Generator, *, kind: str | None = None, _companion
         p.update(clump_xy=np.zeros((0, 2)), clump_sigma=_empty(), clump_flux=_empty())
 
     p.update(tail_xy=np.zeros((0, 2)), tail_sigma=_empty(), tail_flux=_empty())
-    if kind == "merger" and not _companion:
-        comp = draw_params(rng, kind=str(rng.choice(["spiral", "elliptical", "irregular"])), _companion=True)
+    if kind == "merger" and not companion:
+        comp = _draw(rng, str(rng.choice(["spiral", "elliptical", "irregular"])), companion=True)
         dist, ang = rng.uniform(0.17, 0.3), rng.uniform(0, 2 * np.pi)
-        offset = (center[0] + dist * math.cos(ang), center[1] + dist * math.sin(ang))
+        offset = (float(center[0] + dist * math.cos(ang)), float(center[1] + dist * math.sin(ang)))
         shift = np.subtract(offset, comp.center)
         p["companion"] = dataclasses.replace(comp, center=offset, clump_xy=comp.clump_xy + shift,
                                              flux_ratio=rng.uniform(0.1, 0.5), dust_tau=0.0)

@@ -120,7 +120,8 @@ def load_source(name: str, data_dir: str, *, split: str = "train", npix: int, ch
     source = builder.as_data_source(split=split)
     shape = tuple(builder.info.features["image"].shape)
     if shape != (npix, npix, channels):
-        raise ValueError(f"{name} in {builder.data_dir} stores images of shape {shape}, not ({npix}, {npix}, {channels})")
+        raise ValueError(f"{name} in {builder.data_dir} stores images of shape {shape}, "
+                         f"not ({npix}, {npix}, {channels})")
     if len(source) == 0:
         raise ValueError(f"{name}: split {split!r} is empty")
     return source
