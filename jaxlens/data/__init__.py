@@ -6,7 +6,7 @@
   builders     TFDS builders procedural_galaxies, probes, fits_folder; load_source
   pipeline     batch_indices, get_batch (deterministic in (seed, step)), shard_batch
 
-The TFDS names (`load_source`, the builders and seed-range constants) are imported on
+The TFDS names (`load_source`, `make_builder`, the builder classes) are imported on
 first use, so procedural galaxies do not pull in tensorflow_datasets. TensorFlow itself
 is never needed: array_record files are written and read by TFDS's numpy path.
 """
@@ -21,7 +21,14 @@ from jaxlens.data.pipeline import (
     read_images,
     shard_batch,
 )
-from jaxlens.data.procedural import KINDS, draw_params, procedural_galaxies, procedural_galaxy
+from jaxlens.data.procedural import (
+    HELD_OUT_SEED_START,
+    KINDS,
+    VALIDATION_SEED_START,
+    draw_params,
+    procedural_galaxies,
+    procedural_galaxy,
+)
 from jaxlens.data.profiles import GalaxyParams, render, sersic_b
 
 _LAZY = {
@@ -31,13 +38,11 @@ _LAZY = {
     "ProceduralGalaxies": "jaxlens.data.builders.datasets",
     "Probes": "jaxlens.data.builders.datasets",
     "FitsFolder": "jaxlens.data.builders.datasets",
-    "VALIDATION_SEED_START": "jaxlens.data.builders.datasets",
-    "HELD_OUT_SEED_START": "jaxlens.data.builders.datasets",
     "PROBES_COUNT": "jaxlens.data.builders.datasets",
 }
 
 __all__ = [
-    "GalaxyParams", "KINDS", "NORMALIZATION_KINDS", "Normalization", "all_images", "augmentation_codes",
+    "GalaxyParams", "HELD_OUT_SEED_START", "KINDS", "VALIDATION_SEED_START", "NORMALIZATION_KINDS", "Normalization", "all_images", "augmentation_codes",
     "batch_indices", "dihedral", "draw_params", "get_batch", "procedural_galaxies", "procedural_galaxy",
     "read_images", "render", "sersic_b", "shard_batch", *_LAZY,
 ]

@@ -27,7 +27,14 @@ import numpy as np
 
 from jaxlens.data.profiles import GalaxyParams, render, sersic_b
 
-__all__ = ["GalaxyParams", "KINDS", "draw_params", "procedural_galaxy", "procedural_galaxies"]
+__all__ = ["GalaxyParams", "KINDS", "VALIDATION_SEED_START", "HELD_OUT_SEED_START", "draw_params",
+           "procedural_galaxy", "procedural_galaxies"]
+
+# Seed ranges: training sets use seeds below VALIDATION_SEED_START, validation sets the
+# range above it, and the held-out lenses used to test sampling start at
+# HELD_OUT_SEED_START, so no galaxy the prior was trained or validated on is ever a test source.
+VALIDATION_SEED_START = 500_000
+HELD_OUT_SEED_START = 1_000_000
 
 KINDS = ("spiral", "lenticular", "elliptical", "irregular", "merger")
 _KIND_P = (0.50, 0.10, 0.08, 0.12, 0.20)

@@ -37,13 +37,11 @@ from tensorflow_datasets.core import utils as tfds_utils
 
 from jaxlens.data.builders.cutouts import FITS_SUFFIXES, prepare_cutout, read_fits_image, select_bands
 from jaxlens.data.normalize import Normalization
-from jaxlens.data.procedural import procedural_galaxy
+from jaxlens.data.procedural import HELD_OUT_SEED_START, VALIDATION_SEED_START, procedural_galaxy
 
 __all__ = ["ProceduralGalaxies", "ProceduralConfig", "Probes", "FitsFolder", "CutoutConfig",
            "VALIDATION_SEED_START", "HELD_OUT_SEED_START", "PROBES_COUNT", "split_of", "fits_files"]
 
-VALIDATION_SEED_START = 500_000
-HELD_OUT_SEED_START = 1_000_000
 PROBES_COUNT = 2059  # galaxies used by Adam et al. (2022)
 
 log = logging.getLogger(__name__)
