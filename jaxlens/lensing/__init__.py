@@ -11,7 +11,14 @@ from jaxlens.lensing.forward import (
     simulate,
 )
 from jaxlens.lensing.grid import pixel_centers, pixel_grid, pixel_scale
-from jaxlens.lensing.interpolate import apply_stencil, bilinear, bilinear_stencil
+from jaxlens.lensing.interpolate import (
+    BilinearCells,
+    bilinear,
+    bilinear_cells,
+    bilinear_stencil,
+    interpolate_cells,
+    pad_source,
+)
 from jaxlens.lensing.mass import (
     LensParams,
     deflection,
@@ -26,15 +33,18 @@ __all__ = [
     "Geometry",
     "LensParams",
     "aat_diagnostics",
-    "apply_stencil",
     "average_pool",
+    "BilinearCells",
     "bilinear",
+    "bilinear_cells",
     "bilinear_stencil",
     "check_lens",
     "convolve_psf",
     "deflection",
     "ellipticity_to_phi_q",
+    "interpolate_cells",
     "lens_operator",
+    "pad_source",
     "pixel_centers",
     "pixel_grid",
     "pixel_scale",

@@ -25,7 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlens.lensing.grid import pixel_grid
-from jaxlens.lensing.interpolate import apply_stencil, bilinear_stencil
+from jaxlens.lensing.interpolate import (
+    BilinearCells,
+    BucketedRows,
+    apply_bucketed_rows,
+    bilinear_cells,
+    bilinear_stencil,
+    bucketed_rows,
+    interpolate_cells,
+)
 from jaxlens.lensing.mass import LensParams, ray_trace
 
 __all__ = ["Geometry", "render", "lens_operator", "simulate", "check_lens"]
@@ -158,31 +166,64 @@ def _fine_grid(geometry: Geometry, dtype) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(x, dtype), jnp.asarray(y, dtype)
 
 
+# Above this many PSF taps the FFT beats the direct shifted sum on CPU.
+_DIRECT_CONV_MAX_TAPS = 49
+
+
 def convolve_psf(image: jax.Array, psf: np.ndarray) -> jax.Array:
-    """'same'-size convolution with zero padding, per channel.
+    """'same'-size convolution with zero padding (scipy.signal.convolve2d 'same'), per channel.
+
+    Small kernels use a fused sum of shifted copies; large ones an FFT. (XLA's
+    CPU convolution is several times slower than either for single-channel
+    images.)
 
     Args:
       image: [H, W] or [H, W, C].
-      psf: odd-sized [kh, kw] kernel.
+      psf: odd-sized [kh, kw] kernel (numpy, static).
+
+    Returns:
+      [H, W] or [H, W, C].
     """
-    kernel = jnp.asarray(psf[::-1, ::-1], image.dtype)[:, :, None, None]  # HWIO, flipped
-    x = image[..., None] if image.ndim == 2 else image
-    x = jnp.moveaxis(x, -1, 0)[..., None]  # channels as batch: [C, H, W, 1]
-    out = jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding="SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
-    out = jnp.moveaxis(out[..., 0], 0, -1)
-    return out[..., 0] if image.ndim == 2 else out
+    psf = np.asarray(psf)
+    kh, kw = psf.shape
+    h, w = image.shape[:2]
+    ha, hb = kh // 2, kw // 2
+    extra = ((0, 0),) * (image.ndim - 2)
+    if psf.size <= _DIRECT_CONV_MAX_TAPS:
+        padded = jnp.pad(image, ((ha, ha), (hb, hb)) + extra)
+        out = None
+        for a in range(kh):
+            for b in range(kw):
+                if psf[a, b] == 0:
+                    continue
+                # out[i, j] += psf[a, b] image[i − a + ha, j − b + hb]
+                term = psf[a, b] * padded[2 * ha - a : 2 * ha - a + h, 2 * hb - b : 2 * hb - b + w]
+                out = term if out is None else out + term
+        return out.astype(image.dtype)
+    shape = (h + kh - 1, w + kw - 1)
+    img = jnp.moveaxis(image, (0, 1), (-2, -1)) if image.ndim == 3 else image
+    spec = jnp.fft.rfft2(img, s=shape) * jnp.fft.rfft2(jnp.asarray(psf, image.dtype), s=shape)
+    full = jnp.fft.irfft2(spec, s=shape)
+    out = full[..., ha : ha + h, hb : hb + w].astype(image.dtype)
+    return jnp.moveaxis(out, (-2, -1), (0, 1)) if image.ndim == 3 else out
 
 
 def average_pool(image: jax.Array, pool: int) -> jax.Array:
-    """Mean over pool×pool blocks of [H, W] or [H, W, C]."""
+    """Mean over pool×pool blocks of [H, W] or [H, W, C] (H, W divisible by pool).
+
+    Written as a sum of pool² strided slices, which XLA fuses into the producer;
+    a reshape-and-mean lowers to a reduction that is ~10× slower on CPU.
+    """
     if pool == 1:
         return image
-    h, w = image.shape[0] // pool, image.shape[1] // pool
-    blocks = image.reshape((h, pool, w, pool) + image.shape[2:])
-    return blocks.mean(axis=(1, 3))
+    if image.shape[0] % pool or image.shape[1] % pool:
+        raise ValueError(f"pool={pool} does not divide the image shape {image.shape[:2]}")
+    total = None
+    for a in range(pool):
+        for b in range(pool):
+            part = image[a::pool, b::pool]
+            total = part if total is None else total + part
+    return total * (1.0 / pool**2)
 
 
 def _detector(fine: jax.Array, geometry: Geometry) -> jax.Array:
@@ -207,21 +248,49 @@ def render(source: jax.typing.ArrayLike, lens: LensParams, geometry: Geometry) -
     source = jnp.asarray(source)
     _check_source(source, geometry)
     check_lens(lens)
+    return _render(source, lens, geometry)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _render(source: jax.Array, lens: LensParams, geometry: Geometry) -> jax.Array:
     dtype = jnp.result_type(float, source)
     x, y = _fine_grid(geometry, dtype)
     bx, by = ray_trace(x, y, lens)
-    index, weight = bilinear_stencil(bx, by, geometry.src_npix, geometry.src_fov)
-    fine = apply_stencil(source, index, weight)
-    return _detector(fine, geometry)
+    cells = bilinear_cells(bx, by, geometry.src_npix, geometry.src_fov)
+    return _detector(interpolate_cells(source, cells), geometry)
+
+
+# A and Aᵀ kernels are jitted at module level with the precomputed arrays as
+# arguments, so eager calls compile once per shape and do not embed constants.
+@functools.partial(jax.jit, static_argnums=2)
+def _forward(source: jax.Array, cells: BilinearCells, geometry: Geometry) -> jax.Array:
+    return _detector(interpolate_cells(source, cells), geometry)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _adjoint(image: jax.Array, matrix: BucketedRows, geometry: Geometry) -> jax.Array:
+    if geometry.psf is None:
+        values = image  # the pooling is folded into the sparse matrix
+    else:
+        values = _detector_transpose(image, geometry)
+    flat = values.reshape((-1,) + values.shape[2:])
+    n = geometry.src_npix
+    return apply_bucketed_rows(matrix, flat).reshape((n, n) + image.shape[2:])
 
 
 def lens_operator(lens: LensParams, geometry: Geometry):
     """Matrix-free forward operator A and its adjoint Aᵀ for a fixed lens.
 
-    The ray tracing and the bilinear stencil are computed here, once. The
-    returned functions are pure, linear, and work under jit, vmap and grad, on
-    [n, n] and [n, n, C] sources (and [m, m], [m, m, C] images). No dense matrix
-    is ever formed.
+    Everything that depends on the lens is computed here, once: the ray-traced
+    fine grid, located on the padded source (A is then four gathers, a blend,
+    the PSF and a fused pooling), and, when `lens` is concrete, the transposed
+    interpolation as a bucketed sparse matrix (Aᵀ is then gathers only, with the
+    pooling folded in when there is no PSF). If `lens` is traced (lens_operator
+    called inside jit), Aᵀ falls back to `jax.linear_transpose` of A, which
+    scatters. No dense matrix is ever formed.
+
+    Both functions are pure and linear, and work under jit, vmap (e.g. over
+    chains) and grad, on [n, n] / [n, n, C] sources and [m, m] / [m, m, C] images.
 
     Args:
       lens: lens parameters; checked (finite, q > 0) when concrete.
@@ -234,22 +303,51 @@ def lens_operator(lens: LensParams, geometry: Geometry):
     dtype = jnp.result_type(float)
     x, y = _fine_grid(geometry, dtype)
     bx, by = ray_trace(x, y, lens)
-    index, weight = bilinear_stencil(bx, by, geometry.src_npix, geometry.src_fov)
     n = geometry.src_npix
+    cells = bilinear_cells(bx, by, n, geometry.src_fov)
 
     def A(source):
         source = jnp.asarray(source)
         _check_source(source, geometry)
-        return _detector(apply_stencil(source, index, weight), geometry)
+        return _forward(source, cells, geometry)
+
+    matrix = _adjoint_interpolation(bx, by, geometry) if _is_concrete((bx, by)) else None
 
     def AT(image):
         image = jnp.asarray(image)
         _check_image(image, geometry)
-        primal = jax.ShapeDtypeStruct((n, n) + image.shape[2:], image.dtype)
-        (out,) = jax.linear_transpose(A, primal)(image)
-        return out
+        if matrix is None:
+            primal = jax.ShapeDtypeStruct((n, n) + image.shape[2:], image.dtype)
+            (out,) = jax.linear_transpose(A, primal)(image)
+            return out
+        return _adjoint(image, matrix, geometry)
 
     return A, AT
+
+
+def _adjoint_interpolation(bx, by, geometry: Geometry) -> BucketedRows:
+    """Bᵀ (or (P B)ᵀ without PSF) as a bucketed sparse matrix, from concrete rays."""
+    index, weight = bilinear_stencil(bx, by, geometry.src_npix, geometry.src_fov)
+    index, weight = np.asarray(index), np.asarray(weight, np.float64)
+    f = geometry.fine_npix
+    fine = np.arange(f * f)
+    if geometry.psf is None:
+        p = geometry.pool
+        cols = (fine // f // p) * geometry.img_npix + (fine % f) // p
+        weight = weight / p**2
+    else:
+        cols = fine
+    cols = np.broadcast_to(cols.reshape(f, f, 1), index.shape)
+    return bucketed_rows(index, cols, weight, geometry.src_npix**2, dtype=bx.dtype)
+
+
+def _detector_transpose(image: jax.Array, geometry: Geometry) -> jax.Array:
+    """Adjoint of PSF-then-pool: upsample / pool², then correlate with the PSF."""
+    p = geometry.pool
+    fine = jnp.repeat(jnp.repeat(image, p, axis=0), p, axis=1) * (1.0 / p**2)
+    if geometry.psf is not None:
+        fine = convolve_psf(fine, geometry.psf_array[::-1, ::-1])
+    return fine
 
 
 def simulate(
