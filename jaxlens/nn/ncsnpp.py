@@ -217,6 +217,9 @@ def _check_fields(m: NCSNpp) -> None:
         raise ValueError("fir_kernel must have at least one tap")
 
 
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
 def _dummy_inputs(image_size: int, channels: int, batch: int = 1):
     x = jax.ShapeDtypeStruct((batch, image_size, image_size, channels), jnp.float32)
     return x, jax.ShapeDtypeStruct((batch,), jnp.float32)
@@ -235,10 +238,15 @@ def init_params(module: nn.Module, key: jax.Array, image_size: int, channels: in
       The 'params' collection (a nested dict of float arrays).
     """
     x, sigma = _dummy_inputs(image_size, channels)
-    variables = module.init(
-        {"params": key}, jnp.zeros(x.shape, x.dtype), jnp.ones(sigma.shape), train=False
-    )
-    return variables["params"]
+
+    def init(key):
+        variables = module.init({"params": key}, jnp.zeros(x.shape), jnp.ones(sigma.shape))
+        return variables["params"]
+
+    # One XLA program, compiled without backend optimisation: with the default level,
+    # XLA:CPU spends ~10x longer compiling the hundreds of threefry draws than running them.
+    compiled = jax.jit(init).lower(key).compile(compiler_options=_FAST_COMPILE)
+    return compiled(key)
 
 
 def param_count(module: nn.Module, image_size: int, channels: int) -> int:
