@@ -193,7 +193,9 @@ class NCSNpp(nn.Module):
         if sigma.ndim == 0:
             sigma = jnp.broadcast_to(sigma, (batch,))
         if sigma.shape != (batch,):
-            raise ValueError(f"sigma must be a scalar or of shape [B]=({batch},), got {sigma.shape}")
+            raise ValueError(
+                f"sigma must be a scalar or of shape [B]=({batch},), got {sigma.shape}"
+            )
         return sigma
 
 

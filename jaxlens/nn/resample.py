@@ -1,9 +1,12 @@
 """FIR up- and down-sampling of NHWC images (StyleGAN2's upfirdn2d, as used by NCSN++).
 
 All functions are pure, work on [B, H, W, C] arrays of any float dtype and filter every
-channel independently with the same separable FIR kernel. Pixels outside the image are
-zero. The kernel is normalised so that a constant image stays constant away from the
-borders (gain 1).
+channel independently with the same FIR kernel. Pixels outside the image are zero. The
+kernel is normalised so that a constant image stays constant away from the borders.
+
+A 1-D kernel is applied separably as shifted sums of slices, which XLA fuses into a few
+elementwise loops; this is several times faster on CPU than the equivalent depthwise
+convolution, which is used only for a genuinely 2-D kernel.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "fir_kernel_2d",
+    "fir_filter",
     "upfirdn2d",
     "upsample_2d",
     "downsample_2d",
@@ -28,24 +31,44 @@ __all__ = [
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
-def fir_kernel_2d(kernel: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Square 2-D FIR kernel normalised to unit sum.
+def fir_filter(kernel: Sequence[float] | np.ndarray, factor: int = 1) -> np.ndarray:
+    """FIR taps normalised for a resampling factor.
 
     Args:
-      kernel: 1-D taps (made separable by an outer product) or a square 2-D kernel.
+      kernel: 1-D taps (applied separably) or a square 2-D kernel.
+      factor: up-sampling factor whose zero insertion the gain compensates (1 for
+        plain filtering or down-sampling).
 
     Returns:
-      [K, K] float32 numpy array summing to 1.
+      float32 taps summing to `factor` per axis (`factor` for 1-D, `factor²` for 2-D).
     """
     k = np.asarray(kernel, dtype=np.float64)
-    if k.ndim == 1:
-        k = np.outer(k, k)
-    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.size == 0:
+    if k.ndim not in (1, 2) or k.size == 0 or (k.ndim == 2 and k.shape[0] != k.shape[1]):
         raise ValueError(f"FIR kernel must be 1-D or square 2-D, got shape {k.shape}")
-    total = k.sum()
-    if total == 0:
+    if k.sum() == 0:
         raise ValueError("FIR kernel taps must not sum to zero")
-    return (k / total).astype(np.float32)
+    return (k / k.sum() * factor**k.ndim).astype(np.float32)
+
+
+def _upfirdn_axis(x, taps, axis, up, down, pad):
+    """upfirdn along one axis with explicit slices (a true convolution: taps flipped)."""
+    if up > 1:
+        n = x.shape[axis]
+        zeros = [(0, 0)] * (x.ndim + 1)
+        zeros[axis + 1] = (0, up - 1)
+        x = jnp.pad(jnp.expand_dims(x, axis + 1), zeros)
+        x = x.reshape(x.shape[:axis] + (n * up,) + x.shape[axis + 2 :])
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = pad
+    x = jnp.pad(x, widths)
+    n_taps = len(taps)
+    n_out = (x.shape[axis] - n_taps) // down + 1
+    out = 0.0
+    for j, tap in enumerate(taps[::-1]):
+        # Python floats are weakly typed, so x's dtype is kept.
+        window = jax.lax.slice_in_dim(x, j, j + (n_out - 1) * down + 1, down, axis)
+        out = out + float(tap) * window
+    return out
 
 
 def upfirdn2d(
@@ -65,7 +88,8 @@ def upfirdn2d(
 
     Args:
       x: [B, H, W, C] images.
-      kernel: [K, K] FIR kernel (a true convolution: it is flipped).
+      kernel: [K] taps applied along both axes, or a [K, K] kernel (a true
+        convolution: it is flipped). Used as given, not normalised.
       up: integer up-sampling factor.
       down: integer down-sampling factor.
       pad: zeros added before and after each spatial axis, after up-sampling.
@@ -74,20 +98,23 @@ def upfirdn2d(
       [B, (H·up + pad[0] + pad[1] − K) // down + 1, same for W, C] array in x's dtype.
     """
     x = jnp.asarray(x)
+    k = np.asarray(kernel, np.float32)
     if x.ndim != 4:
         raise ValueError(f"upfirdn2d expects [B, H, W, C], got shape {x.shape}")
     if min(up, down) < 1 or min(pad) < 0:
         raise ValueError(f"need up, down >= 1 and pad >= 0, got {up=}, {down=}, {pad=}")
+    if k.ndim == 1:
+        for axis in (1, 2):
+            x = _upfirdn_axis(x, k, axis, up, down, pad)
+        return x
     channels = x.shape[-1]
-    k = np.asarray(kernel, np.float32)[::-1, ::-1]
-    w = jnp.asarray(np.tile(k[:, :, None, None], (1, 1, 1, channels)), x.dtype)
+    w = jnp.asarray(np.tile(k[::-1, ::-1, None, None], (1, 1, 1, channels)), x.dtype)
     # lhs_dilation inserts zeros only between pixels; StyleGAN2 also puts up-1 after the last.
-    padding = [(pad[0], pad[1] + up - 1)] * 2
     return jax.lax.conv_general_dilated(
         x,
         w,
         window_strides=(down, down),
-        padding=padding,
+        padding=[(pad[0], pad[1] + up - 1)] * 2,
         lhs_dilation=(up, up),
         dimension_numbers=_DIMS,
         feature_group_count=channels,
@@ -99,9 +126,10 @@ def upsample_2d(
 ) -> jax.Array:
     """FIR up-sampling: [B, H, W, C] -> [B, H·factor, W·factor, C].
 
-    The kernel is scaled by factor² so that the zero-inserted image keeps its mean.
+    The kernel gets a gain of factor per axis so that the zero-inserted image keeps its
+    mean.
     """
-    k = fir_kernel_2d(kernel) * factor**2
+    k = fir_filter(kernel, factor)
     p = k.shape[0] - factor
     return upfirdn2d(x, k, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
 
@@ -110,7 +138,7 @@ def downsample_2d(
     x: jax.typing.ArrayLike, kernel: Sequence[float] = (1, 3, 3, 1), *, factor: int = 2
 ) -> jax.Array:
     """FIR down-sampling: [B, H, W, C] -> [B, H/factor, W/factor, C] (H, W divisible)."""
-    k = fir_kernel_2d(kernel)
+    k = fir_filter(kernel)
     p = k.shape[0] - factor
     return upfirdn2d(x, k, down=factor, pad=((p + 1) // 2, p // 2))
 
@@ -153,7 +181,7 @@ def upsample_conv_2d(
     kw = w.shape[0]
     if w.ndim != 4 or w.shape[1] != kw or kw % 2 != 1:
         raise ValueError(f"conv weights must be [k, k, Cin, Cout] with k odd, got {w.shape}")
-    k = fir_kernel_2d(kernel) * factor**2
+    k = fir_filter(kernel, factor)
     p = (k.shape[0] - factor) - (kw - 1)
     # A strided transposed convolution inserts the zeros and applies w in one op.
     y = jax.lax.conv_transpose(
@@ -187,7 +215,7 @@ def conv_downsample_2d(
     kw = w.shape[0]
     if w.ndim != 4 or w.shape[1] != kw or kw % 2 != 1:
         raise ValueError(f"conv weights must be [k, k, Cin, Cout] with k odd, got {w.shape}")
-    k = fir_kernel_2d(kernel)
+    k = fir_filter(kernel)
     p = (k.shape[0] - factor) + (kw - 1)
     y = upfirdn2d(x, k, pad=((p + 1) // 2, p // 2))
     return jax.lax.conv_general_dilated(
