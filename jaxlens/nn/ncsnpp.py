@@ -58,8 +58,9 @@ class NCSNpp(nn.Module):
       fir: FIR resampling with `fir_kernel`; otherwise nearest / mean pooling.
       fir_kernel: 1-D FIR taps.
       skip_rescale: divide every residual sum by √2.
-      init_scale: init scale of the last layer of each residual branch and of the
-        output convolutions (0 -> 1e-10: blocks start as the identity).
+      init_scale: init scale of the last layer of each residual branch (convolution or
+        attention output) and of the output convolutions (0 -> 1e-10: blocks start as
+        the identity).
       resblock_type: 'biggan' (resampling inside residual blocks) or 'ddpm'.
       progressive: output pyramid, 'output_skip', 'residual' or 'none'.
       progressive_input: input pyramid, 'input_skip', 'residual' or 'none'.
@@ -129,36 +130,47 @@ class NCSNpp(nn.Module):
         sigma = self._check_inputs(x, sigma)
         o = self.opts
         temb = self._embed(sigma)
-        resolutions = self.resolutions(x.shape[1])
-        image = x if self.progressive_input != "none" else None
-        hs = [conv3x3(self.nf, o, name="conv_in")(x)]
-        for i, mult in enumerate(self.ch_mult):
-            level = DownLevel(
-                self.nf * mult, self.num_res_blocks, resolutions[i] in self.attn_resolutions,
-                downsample=i < len(self.ch_mult) - 1, resblock_type=self.resblock_type,
-                progressive_input=self.progressive_input, combine=self.progressive_combine,
-                opts=o, name=f"down_{i}",
-            )
-            skips, image = level(hs[-1], temb, image, train=train)
-            hs.extend(skips)
+        hs = self._encode(x, temb, train)
         h = make_resblock(self.resblock_type, None, o, "mid_res_0")(hs[-1], temb, train=train)
         h = AttnBlock(o, name="mid_attn")(h)
         h = make_resblock(self.resblock_type, None, o, "mid_res_1")(h, temb, train=train)
-        pyramid = None
-        for i in reversed(range(len(self.ch_mult))):
-            n = self.num_res_blocks + 1
-            skips, hs = hs[:-n - 1:-1], hs[:-n]
-            level = UpLevel(
-                self.nf * self.ch_mult[i], resolutions[i] in self.attn_resolutions,
-                upsample=i > 0, image_channels=x.shape[-1], resblock_type=self.resblock_type,
-                progressive=self.progressive, opts=o, name=f"up_{i}",
-            )
-            h, pyramid = level(h, temb, skips, pyramid, train=train)
+        h, pyramid = self._decode(h, temb, hs, x.shape[-1], train)
         if self.progressive == "output_skip":
             return pyramid.astype(jnp.float32)
         h = act(group_norm(h, o, name="norm_out"))
         out = conv3x3(x.shape[-1], o, init_scale=self.init_scale, name="conv_out")(h)
         return out.astype(jnp.float32)
+
+    def _encode(self, x: jax.Array, temb: jax.Array | None, train: bool) -> list[jax.Array]:
+        """All encoder activations, finest first; the last one feeds the bottleneck."""
+        resolutions = self.resolutions(x.shape[1])
+        image = x if self.progressive_input != "none" else None
+        hs = [conv3x3(self.nf, self.opts, name="conv_in")(x)]
+        for i, mult in enumerate(self.ch_mult):
+            level = DownLevel(
+                self.nf * mult, self.num_res_blocks, resolutions[i] in self.attn_resolutions,
+                downsample=i < len(self.ch_mult) - 1, resblock_type=self.resblock_type,
+                progressive_input=self.progressive_input, combine=self.progressive_combine,
+                opts=self.opts, name=f"down_{i}",
+            )
+            skips, image = level(hs[-1], temb, image, train=train)
+            hs.extend(skips)
+        return hs
+
+    def _decode(self, h, temb, hs: list[jax.Array], channels: int, train: bool):
+        """Decoder levels, coarsest first, each consuming num_res_blocks + 1 skips."""
+        resolutions = self.resolutions(hs[0].shape[1])
+        n = self.num_res_blocks + 1
+        pyramid = None
+        for i in reversed(range(len(self.ch_mult))):
+            skips, hs = hs[:-n - 1:-1], hs[:-n]
+            level = UpLevel(
+                self.nf * self.ch_mult[i], resolutions[i] in self.attn_resolutions,
+                upsample=i > 0, image_channels=channels, resblock_type=self.resblock_type,
+                progressive=self.progressive, opts=self.opts, name=f"up_{i}",
+            )
+            h, pyramid = level(h, temb, skips, pyramid, train=train)
+        return h, pyramid
 
     def _embed(self, sigma: jax.Array) -> jax.Array | None:
         embed = GaussianFourierProjection(
