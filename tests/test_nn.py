@@ -243,6 +243,11 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close(tiny):
     )
     assert jax.tree.structure(shapes["params"]) == jax.tree.structure(params)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes))
+    # Every convolution and matmul really runs on bfloat16 operands.
+    hlo = _apply(bf16).lower(params, x, sigma).as_text().splitlines()
+    ops = [line for line in hlo if "stablehlo.convolution" in line or "dot_general" in line]
+    operand_types = [line.rsplit(" : (", 1)[1].split("->")[0] for line in ops]
+    assert len(ops) > 20 and all("f32" not in t and "bf16" in t for t in operand_types)
     ref = apply(params, x, sigma)
     out = _apply(bf16)(params, x, sigma)
     assert out.dtype == jnp.float32
