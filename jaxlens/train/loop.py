@@ -65,7 +65,8 @@ def train(
       model_meta: JSON-able description of the architecture; a checkpoint whose
         description differs is refused.
       image_shape: (H, W, C) of one training image.
-      batch_fn: step -> global batch [B, H, W, C] (a pure function of the step).
+      batch_fn: step -> this process's slice of the global batch [B / processes, H, W, C],
+        a pure function of the step.
       sde: the VE SDE (σ_max already resolved).
       optimizer: optimiser settings.
       options: loop settings.
@@ -109,7 +110,8 @@ def train(
     t0 = time.perf_counter()
     with open(metrics_path, "a") as log_file:
         for step in range(start, options.steps):
-            batch = jax.device_put(np.asarray(batch_fn(step), np.float32), sharded)
+            # batch_fn gives this process's slice of the global batch.
+            batch = jax.make_array_from_process_local_data(sharded, np.asarray(batch_fn(step), np.float32))
             state, metrics = step_fn(state, batch, jax.random.fold_in(step_key, step))
             done = step + 1
             if done % options.log_every == 0 or done == options.steps:
