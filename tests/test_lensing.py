@@ -72,6 +72,13 @@ def test_deflection_matches_lenstronomy(x64):
         ax, ay = deflect(jnp.asarray(x), jnp.asarray(y), lens)
         err = np.hypot(ax - ax_ref, ay - ay_ref) / np.hypot(ax_ref, ay_ref)
         assert err.max() < 1e-6, (lens, err.max())
+    # float32 by default (x64 off): same code, single precision.
+    with jax.enable_x64(False):
+        ax, ay = deflect(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), LENS)
+    assert ax.dtype == jnp.float32 and ay.dtype == jnp.float32
+    ax_ref, ay_ref = model.alpha(x, y, _lens_kwargs(LENS))
+    err = np.hypot(ax - ax_ref, ay - ay_ref) / np.hypot(ax_ref, ay_ref)
+    assert err.max() < 2e-6
 
 
 def test_sie_and_shear_separately(x64):
@@ -79,72 +86,54 @@ def test_sie_and_shear_separately(x64):
     x = rng.uniform(-3, 3, 500)
     y = rng.uniform(-3, 3, 500)
     sie, shear = LensModel(["SIE"]), LensModel(["SHEAR"])
+    sie_deflection = jax.jit(lensing.sie_deflection)
     for lens in _random_lenses(rng, 9):
         kw = _lens_kwargs(lens)
         ref = sie.alpha(x, y, [kw[0]])
-        got = lensing.sie_deflection(x, y, lens.theta_e, lens.e1, lens.e2, lens.center_x, lens.center_y)
+        got = sie_deflection(x, y, lens.theta_e, lens.e1, lens.e2, lens.center_x, lens.center_y)
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-12)
         ref = shear.alpha(x, y, [kw[1]])
         got = lensing.shear_deflection(x, y, lens.gamma1, lens.gamma2)
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
-
-
-def test_sis_closed_form_and_einstein_ring(x64):
-    # Round lens: α = θ_E r̂ exactly.
-    x = jnp.array([1.0, -0.3, 2.0])
-    y = jnp.array([0.0, 0.4, -2.0])
-    ax, ay = lensing.sie_deflection(x, y, 1.5, 0.0, 0.0)
+    # Round lens: the singular isothermal sphere, α = θ_E r̂ exactly.
+    ax, ay = sie_deflection(x, y, 1.5, 0.0, 0.0, 0.0, 0.0)
     r = np.hypot(x, y)
     np.testing.assert_allclose(ax, 1.5 * x / r, rtol=1e-14)
     np.testing.assert_allclose(ay, 1.5 * y / r, rtol=1e-14)
 
 
-def test_deflection_float32_by_default():
-    x = jnp.linspace(-1, 1, 7, dtype=jnp.float32)
-    ax, ay = lensing.deflection(x, x, LENS)
-    assert ax.dtype == jnp.float32 and ay.dtype == jnp.float32
-    with jax.enable_x64(True):
-        ax64, _ = lensing.deflection(np.linspace(-1, 1, 7), np.linspace(-1, 1, 7), LENS)
-        assert ax64.dtype == jnp.float64
-    np.testing.assert_allclose(ax, ax64, rtol=2e-6, atol=1e-6)
+def _deflection_objective(lens, x, y):
+    ax, ay = lensing.deflection(x, y, lens)
+    return jnp.sum(ax * x + 2 * ay + ax**2)
 
 
-@pytest.mark.parametrize("e", [(0.0, 0.0), (1e-9, -2e-9), (0.2, 0.1)])
-def test_gradients_finite_at_centre_and_round(x64, e):
-    def total(params, x, y):
-        ax, ay = lensing.deflection(x, y, params)
-        return jnp.sum(ax**2 + ay)
-
-    lens = LensParams(1.0, e[0], e[1], 0.1, -0.2, 0.01, 0.02)
-    # Points: exactly the lens centre, near it, and generic.
-    x = jnp.array([0.1, 0.1 + 1e-12, 1.0])
-    y = jnp.array([-0.2, -0.2, 0.5])
-    g_lens, g_x, g_y = jax.grad(total, argnums=(0, 1, 2))(lens, x, y)
-    for leaf in jax.tree_util.tree_leaves((g_lens, g_x, g_y)):
-        assert np.all(np.isfinite(leaf))
-    for dtype in (np.float32, np.float64):
-        with jax.enable_x64(dtype == np.float64):
-            val = jax.grad(lambda t: total(lens._replace(e1=t), x.astype(dtype), y.astype(dtype)))(
-                jnp.asarray(e[0], dtype)
-            )
-            assert np.isfinite(val)
+_objective = jax.jit(_deflection_objective)
+_objective_grad = jax.jit(jax.grad(_deflection_objective, argnums=(0, 1, 2)))
 
 
-def test_gradient_at_round_lens_matches_finite_difference(x64):
-    # κ is smooth in (e1, e2) at c = 0, so the derivative there must be the
-    # two-sided difference quotient, not zero and not NaN.
-    x = jnp.linspace(-2, 2, 9)
-    y = jnp.linspace(1.5, -1, 9)
-
-    def f(e1, e2):
-        ax, ay = lensing.sie_deflection(x, y, 1.3, e1, e2)
-        return jnp.sum(ax * x + 2 * ay)
-
-    h = 1e-5
-    grad = jax.grad(f, argnums=(0, 1))(0.0, 0.0)
-    fd = ((f(h, 0.0) - f(-h, 0.0)) / (2 * h), (f(0.0, h) - f(0.0, -h)) / (2 * h))
-    np.testing.assert_allclose(grad, fd, rtol=1e-6)
-    assert abs(grad[0]) > 1e-3
+def test_gradients_finite_at_centre_and_round_and_match_fd(x64):
+    # Points: exactly the lens centre, 1e-12 from it, and generic ones.
+    x = jnp.array([0.1, 0.1 + 1e-12, 1.0, -1.5, 0.3])
+    y = jnp.array([-0.2, -0.2, 0.5, 0.7, -1.9])
+    for e in [(0.0, 0.0), (1e-9, -2e-9), (3e-4, 1e-4), (0.2, 0.1)]:
+        lens = LensParams(1.0, e[0], e[1], 0.1, -0.2, 0.01, 0.02)
+        grads = _objective_grad(lens, x, y)
+        for leaf in jax.tree_util.tree_leaves(grads):
+            assert np.all(np.isfinite(leaf)), e
+        # κ is smooth in (e1, e2) at c = 0, so even at q = 1 exactly the
+        # derivative must equal the two-sided difference quotient (not 0 or NaN).
+        # (The centre's own derivative is undefined at the centre pixel: skip it.)
+        h = 1e-6
+        for name in ("e1", "e2", "theta_e", "gamma1"):
+            up = lens._replace(**{name: getattr(lens, name) + h})
+            down = lens._replace(**{name: getattr(lens, name) - h})
+            fd = (_objective(up, x, y) - _objective(down, x, y)) / (2 * h)
+            np.testing.assert_allclose(getattr(grads[0], name), fd, rtol=1e-6, err_msg=f"{name} at e={e}")
+        assert abs(grads[0].e1) > 1e-3
+    with jax.enable_x64(False):
+        lens32 = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), LensParams(1.0, 0.0, 0.0, 0.1, -0.2))
+        for leaf in jax.tree_util.tree_leaves(_objective_grad(lens32, x.astype(jnp.float32), y.astype(jnp.float32))):
+            assert leaf.dtype == jnp.float32 and np.all(np.isfinite(leaf))
 
 
 # ----------------------------------------------------------------------------- grids and interpolation
@@ -216,33 +205,31 @@ def test_render_matches_lenstronomy(x64, with_psf):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
-def test_lens_operator_equals_render_and_channels(x64):
+@pytest.mark.parametrize("with_psf", [False, True])
+def test_lens_operator_matches_render_and_is_adjoint(x64, with_psf):
     rng = np.random.default_rng(5)
-    geometry = Geometry(32, 2.0, 48, 4.0, 3, psf=_gaussian_psf(5, 0.8))
+    geometry = Geometry(32, 2.0, 48, 4.0, 3, psf=_gaussian_psf(5, 0.8) if with_psf else None)
     A, AT = lensing.lens_operator(LENS, geometry)
-    src = rng.normal(size=(32, 32, 3))
-    got = jax.jit(A)(src)
-    assert got.shape == (16, 16, 3)
-    for c in range(3):
-        np.testing.assert_allclose(got[..., c], lensing.render(src[..., c], LENS, geometry), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(A(src[..., c]), got[..., c], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(lensing.render(src, LENS, geometry), got, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("psf", [None, "gauss"])
-@pytest.mark.parametrize("channels", [None, 2])
-def test_adjoint_identity(x64, psf, channels):
-    rng = np.random.default_rng(6)
-    geometry = Geometry(40, 2.0, 60, 4.0, 2, psf=_gaussian_psf(5, 1.0) if psf else None)
-    A, AT = lensing.lens_operator(LENS, geometry)
-    extra = () if channels is None else (channels,)
-    x = rng.normal(size=(40, 40) + extra)
-    y = rng.normal(size=(30, 30) + extra)
-    lhs = np.vdot(jax.jit(A)(x), y)
-    aty = jax.jit(AT)(y)
-    assert aty.shape == x.shape
-    rhs = np.vdot(x, aty)
+    # Without PSF: [n, n]; with PSF: [n, n, C] (each band lensed alike).
+    shape = (32, 32) if not with_psf else (32, 32, 3)
+    src = rng.normal(size=shape)
+    y = rng.normal(size=(16, 16) + shape[2:])
+    got = A(src)
+    assert got.shape == (16, 16) + shape[2:]
+    np.testing.assert_allclose(got, lensing.render(src, LENS, geometry), rtol=1e-12, atol=1e-12)
+    # Each band is lensed on its own, as lenstronomy would lens it.
+    for band in range(src.shape[2]) if with_psf else ():
+        # (lenstronomy's SIE has a 1e-10 core: ~1e-8 deflection differences
+        # next to the centre, amplified by this rough source.)
+        ref = _lenstronomy_render(src[..., band], LENS, geometry)
+        np.testing.assert_allclose(got[..., band], ref, rtol=1e-6, atol=1e-8)
+    aty = AT(y)
+    assert aty.shape == src.shape
+    lhs, rhs = np.vdot(got, y), np.vdot(src, aty)
     assert abs(lhs - rhs) <= 1e-6 * abs(lhs)
+    # The gather-only adjoint equals JAX's transpose of A (a scatter).
+    transpose = jax.jit(jax.linear_transpose(A, jax.ShapeDtypeStruct(src.shape, src.dtype)))
+    np.testing.assert_allclose(aty, transpose(y)[0], rtol=1e-10, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -250,16 +237,19 @@ def test_adjoint_identity(x64, psf, channels):
 
 def test_chi2_gradients_match_finite_differences(x64):
     rng = np.random.default_rng(7)
-    geometry = Geometry(24, 2.4, 32, 4.0, 2, psf=_gaussian_psf(3, 0.7))
-    source = jnp.asarray(_smooth_source(24, rng))
-    y = lensing.render(source, LENS, geometry) + 0.01 * rng.normal(size=(16, 16))
+    # Odd fine grid: one ray-traced pixel centre sits exactly on the origin.
+    geometry = Geometry(24, 2.4, 33, 4.0, 3, psf=_gaussian_psf(3, 0.7))
+    source = _smooth_source(24, rng)
+    y = _lenstronomy_render(source, LENS, geometry) + 0.01 * rng.normal(size=(11, 11))
+    source = jnp.asarray(source)
 
     @jax.jit
     def chi2(src, lens):
         return jnp.sum((y - lensing.render(src, lens, geometry)) ** 2)
 
-    g_src, g_lens = jax.jit(jax.grad(chi2, argnums=(0, 1)))(source, LENS)
+    grad = jax.jit(jax.grad(chi2, argnums=(0, 1)))
     lens = jax.tree_util.tree_map(jnp.asarray, LENS)  # one compilation for every step
+    g_src, g_lens = grad(source, lens)
     # χ² is piecewise smooth (bilinear kinks at pixel edges); a tiny step keeps
     # the difference quotient inside one piece for every ray.
     h = 1e-8
@@ -271,15 +261,9 @@ def test_chi2_gradients_match_finite_differences(x64):
     direction = jnp.asarray(rng.normal(size=source.shape))
     fd = (chi2(source + h * direction, lens) - chi2(source - h * direction, lens)) / (2 * h)
     np.testing.assert_allclose(jnp.vdot(g_src, direction), fd, rtol=1e-6)
-
-
-def test_render_gradient_finite_for_round_lens_on_grid_centre():
-    # A round lens centred exactly on a ray-traced pixel centre (odd grid).
-    geometry = Geometry(16, 2.0, 15, 3.0, 1)
-    lens = LensParams(0.8, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    source = jnp.ones((16, 16))
-    grads = jax.grad(lambda l, s: jnp.sum(lensing.render(s, l, geometry) ** 2), argnums=(0, 1))(lens, source)
-    for leaf in jax.tree_util.tree_leaves(grads):
+    # A round lens centred exactly on that pixel centre: still finite.
+    round_lens = jax.tree_util.tree_map(jnp.asarray, LensParams(0.8, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    for leaf in jax.tree_util.tree_leaves(grad(source, round_lens)):
         assert np.all(np.isfinite(leaf))
 
 
@@ -293,12 +277,17 @@ def test_jit_vmap_over_sources_equals_loop():
     A, AT = lensing.lens_operator(LENS, geometry)
     out = jax.jit(jax.vmap(A))(batch)
     back = jax.jit(jax.vmap(AT))(out)
-    rendered = jax.jit(jax.vmap(lensing.render, in_axes=(0, None, None)), static_argnums=2)(batch, LENS, geometry)
     for b in range(3):
         np.testing.assert_allclose(out[b], A(batch[b]), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(back[b], AT(out[b]), rtol=1e-5, atol=1e-6)
-        # jit may fuse the float32 ray tracing differently from eager mode.
-        np.testing.assert_allclose(rendered[b], lensing.render(batch[b], LENS, geometry), atol=2e-5)
+    # render, vmapped over sources *and* lenses, against each lens's operator.
+    lenses = jax.tree_util.tree_map(lambda v: jnp.full((3,), v, jnp.float32), LENS)
+    lenses = lenses._replace(theta_e=jnp.array([0.8, 1.0, 1.2], jnp.float32))
+    rendered = jax.jit(jax.vmap(lensing.render, in_axes=(0, 0, None)), static_argnums=2)(batch, lenses, geometry)
+    for b in range(3):
+        A_b, _ = lensing.lens_operator(jax.tree_util.tree_map(lambda v: v[b], lenses), geometry)
+        # render traces rays in its own jit, which may round float32 differently.
+        np.testing.assert_allclose(rendered[b], A_b(batch[b]), atol=2e-5)
     assert out.dtype == jnp.float32
 
     # Inside lax.scan, as the sampler uses them.
@@ -312,53 +301,42 @@ def test_jit_vmap_over_sources_equals_loop():
     np.testing.assert_allclose(scanned, x, rtol=1e-5, atol=1e-5)
 
 
-def test_vmap_over_lenses():
-    geometry = Geometry(16, 2.0, 16, 3.0, 2)
-    lenses = jax.tree_util.tree_map(lambda v: jnp.full((2,), v, jnp.float32), LENS)
-    lenses = lenses._replace(theta_e=jnp.array([0.9, 1.1], jnp.float32))
-    source = jnp.ones((16, 16))
-    out = jax.jit(jax.vmap(lensing.render, in_axes=(None, 0, None)), static_argnums=2)(source, lenses, geometry)
-    for b in range(2):
-        lens_b = jax.tree_util.tree_map(lambda v: v[b], lenses)
-        np.testing.assert_allclose(out[b], lensing.render(source, lens_b, geometry), atol=2e-6)
-
-
 # ----------------------------------------------------------------------------- simulate and diagnostics
 
 
 def test_simulate_noise_statistics(x64):
-    geometry = Geometry(32, 2.0, 64, 4.0, 1)
+    geometry = Geometry(32, 2.0, 48, 4.0, 3)  # as in the operator test: shared compilation
     source = _smooth_source(32, np.random.default_rng(9))
-    clean = lensing.render(source, LENS, geometry)
-    y = lensing.simulate(jax.random.key(0), source, LENS, geometry, 0.5)
-    resid = np.asarray(y - clean)
-    assert abs(resid.std() - 0.5) < 0.02 and abs(resid.mean()) < 0.02
-    sigma_map = np.full((64, 64), 0.1)
-    sigma_map[:32] = 2.0
-    y = lensing.simulate(jax.random.key(1), source, LENS, geometry, sigma_map)
-    resid = np.asarray(y - clean)
-    assert abs(resid[:32].std() - 2.0) < 0.08 and abs(resid[32:].std() - 0.1) < 0.004
+    clean = _lenstronomy_render(source, LENS, geometry)
+    resid = np.concatenate([
+        np.asarray(lensing.simulate(jax.random.key(k), source, LENS, geometry, 0.5) - clean).ravel()
+        for k in range(16)
+    ])  # 4096 draws: the tolerances are > 3.5 standard errors
+    assert abs(resid.std() - 0.5) < 0.02 and abs(resid.mean()) < 0.03
+    sigma_map = np.full((16, 16), 0.1)
+    sigma_map[:8] = 2.0
+    resid = np.stack([
+        np.asarray(lensing.simulate(jax.random.key(k), source, LENS, geometry, sigma_map) - clean)
+        for k in range(16, 32)
+    ])
+    assert abs(resid[:, :8].std() - 2.0) < 0.15 and abs(resid[:, 8:].std() - 0.1) < 0.0075
 
 
-def test_aat_diagnostics_closed_forms(x64):
-    # No lens and identical grids: A = I. With pooling by 2: AAᵀ = I/4.
+def test_aat_diagnostics(x64):
+    # No lens, identical grids, pooling by 2: A is the 2×2 mean, AAᵀ = I/4.
     no_lens = LensParams(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    d = lensing.aat_diagnostics(no_lens, Geometry(8, 2.0, 8, 2.0, 1))
-    np.testing.assert_allclose(d.diag, 1.0, rtol=1e-12)
-    assert d.offdiag_nonzero_fraction == 0.0
     d = lensing.aat_diagnostics(no_lens, Geometry(8, 2.0, 8, 2.0, 2))
     np.testing.assert_allclose(d.diag, 0.25, rtol=1e-12)
     assert d.offdiag_nonzero_fraction == 0.0
-    # A real lens: diagonal in (0, 1], some off-diagonal coupling; check against dense A.
+    # A real lens, against a dense A built column by column with lenstronomy.
     geometry = Geometry(10, 2.0, 12, 3.0, 2, psf=_gaussian_psf(3, 0.7))
     d = lensing.aat_diagnostics(LENS, geometry)
     assert np.all(d.diag <= 1 + 1e-12) and np.all(d.diag >= 0)
-    A, _ = lensing.lens_operator(LENS, geometry)
-    dense = np.stack([np.ravel(A(e.reshape(10, 10))) for e in np.eye(100)], axis=1)
+    dense = np.stack([_lenstronomy_render(e.reshape(10, 10), LENS, geometry).ravel() for e in np.eye(100)], axis=1)
     aat = dense @ dense.T
-    np.testing.assert_allclose(d.diag.ravel(), np.diag(aat), rtol=1e-12, atol=1e-15)
-    off = aat[~np.eye(36, dtype=bool)]
-    assert d.offdiag_nonzero_fraction == pytest.approx(np.count_nonzero(off) / off.size)
+    np.testing.assert_allclose(d.diag.ravel(), np.diag(aat), rtol=1e-8, atol=1e-14)
+    off = np.abs(aat[~np.eye(36, dtype=bool)])
+    assert d.offdiag_nonzero_fraction == pytest.approx(np.count_nonzero(off > 1e-14) / off.size, abs=1e-3)
     assert 0 < d.offdiag_nonzero_fraction < 1
 
 
@@ -366,8 +344,8 @@ def test_aat_diagnostics_closed_forms(x64):
 
 
 def test_bad_inputs_raise():
-    good = Geometry(16, 2.0, 16, 3.0, 2)
-    src = jnp.ones((16, 16))
+    good = Geometry(20, 2.0, 24, 3.0, 2)
+    src = jnp.ones((20, 20))
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="pool"):
         Geometry(16, 2.0, 30, 3.0, 4)
@@ -389,8 +367,8 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="source must have shape"):
         jax.jit(A)(jnp.ones((8, 8)))
     with pytest.raises(ValueError, match="image must have shape"):
-        jax.jit(AT)(jnp.ones((16, 16)))
-    for sigma in (0.0, -1.0, np.array([[0.1, 0.0]] * 4).repeat(2, axis=1)):
+        jax.jit(AT)(jnp.ones((20, 20)))
+    for sigma in (0.0, -1.0, np.where(np.eye(12) > 0, 0.0, 0.1)):
         with pytest.raises(ValueError, match="sigma_n"):
             lensing.simulate(key, src, LENS, good, sigma)
     with pytest.raises(ValueError, match="sigma_n"):

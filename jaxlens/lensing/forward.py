@@ -300,11 +300,8 @@ def lens_operator(lens: LensParams, geometry: Geometry):
       (A, AT) with A: [n, n(, C)] → [m, m(, C)] and AT: [m, m(, C)] → [n, n(, C)].
     """
     check_lens(lens)
-    dtype = jnp.result_type(float)
-    x, y = _fine_grid(geometry, dtype)
-    bx, by = ray_trace(x, y, lens)
+    bx, by, cells = _trace(lens, geometry)
     n = geometry.src_npix
-    cells = bilinear_cells(bx, by, n, geometry.src_fov)
 
     def A(source):
         source = jnp.asarray(source)
@@ -325,9 +322,19 @@ def lens_operator(lens: LensParams, geometry: Geometry):
     return A, AT
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _trace(lens: LensParams, geometry: Geometry):
+    x, y = _fine_grid(geometry, jnp.result_type(float))
+    bx, by = ray_trace(x, y, lens)
+    return bx, by, bilinear_cells(bx, by, geometry.src_npix, geometry.src_fov)
+
+
+_stencil = jax.jit(bilinear_stencil, static_argnums=(2, 3))
+
+
 def _adjoint_interpolation(bx, by, geometry: Geometry) -> BucketedRows:
     """Bᵀ (or (P B)ᵀ without PSF) as a bucketed sparse matrix, from concrete rays."""
-    index, weight = bilinear_stencil(bx, by, geometry.src_npix, geometry.src_fov)
+    index, weight = _stencil(bx, by, geometry.src_npix, geometry.src_fov)
     index, weight = np.asarray(index), np.asarray(weight, np.float64)
     f = geometry.fine_npix
     fine = np.arange(f * f)

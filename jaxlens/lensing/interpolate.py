@@ -183,6 +183,7 @@ def bilinear(
 # Row-length classes of the bucketed ELL format below: rows are padded up to
 # the next level, so the padding waste stays under ~25% beyond 4 entries.
 _LEVELS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
+_UNROLL_MAX = 8
 
 
 class BucketedRows(NamedTuple):
@@ -228,7 +229,8 @@ def bucketed_rows(rows, cols, values, n_rows: int, *, dtype=None) -> BucketedRow
     levels = list(_LEVELS)
     while levels[-1] < counts.max(initial=0):
         levels.append(levels[-1] * 2)
-    dtype = dtype or jnp.result_type(float)
+    # Convert on the host and device_put: jnp.asarray compiles a copy per shape.
+    dtype = np.dtype(dtype or jnp.result_type(float))
     order = np.full(n_rows, -1, np.int64)
     out_cols, out_weights = [], []
     lower, offset = 0, 0
@@ -244,23 +246,27 @@ def bucketed_rows(rows, cols, values, n_rows: int, *, dtype=None) -> BucketedRow
         w = np.zeros((level, members.size), np.float64)
         c[rank[sel], local[rows[sel]]] = cols[sel]
         w[rank[sel], local[rows[sel]]] = values[sel]
-        out_cols.append(jnp.asarray(c))
-        out_weights.append(jnp.asarray(w, dtype))
+        out_cols.append(jax.device_put(c))
+        out_weights.append(jax.device_put(w.astype(dtype)))
         order[members] = offset + np.arange(members.size)
         offset += members.size
     order[order < 0] = offset  # the trailing zero
-    return BucketedRows(tuple(out_cols), tuple(out_weights), jnp.asarray(order, jnp.int32))
+    return BucketedRows(tuple(out_cols), tuple(out_weights), jax.device_put(order.astype(np.int32)))
 
 
 def apply_bucketed_rows(matrix: BucketedRows, v: jax.Array) -> jax.Array:
     """M v for v of shape [n_cols, *T] (any trailing axes); returns [n_rows, *T]."""
     parts = []
     for cols, weights in zip(matrix.cols, matrix.weights):
-        acc = None
-        for k in range(cols.shape[0]):
-            w = weights[k].reshape(weights.shape[1:] + (1,) * (v.ndim - 1))
-            term = w * jnp.take(v, cols[k], axis=0, mode="clip")
-            acc = term if acc is None else acc + term
+        w = weights.reshape(weights.shape + (1,) * (v.ndim - 1))
+        if cols.shape[0] <= _UNROLL_MAX:
+            # Short rows: one gather per slot, fused into a single loop.
+            acc = w[0] * jnp.take(v, cols[0], axis=0, mode="clip")
+            for k in range(1, cols.shape[0]):
+                acc = acc + w[k] * jnp.take(v, cols[k], axis=0, mode="clip")
+        else:
+            # Long rows are few; one gather and a reduction keep compilation short.
+            acc = jnp.sum(w * jnp.take(v, cols, axis=0, mode="clip"), axis=0)
         parts.append(acc)
     parts.append(jnp.zeros((1,) + v.shape[1:], jnp.result_type(v, *matrix.weights)))
     return jnp.take(jnp.concatenate(parts, axis=0), matrix.order, axis=0, mode="clip")
