@@ -280,6 +280,9 @@ def test_jit_vmap_over_sources_equals_loop():
     for b in range(3):
         np.testing.assert_allclose(out[b], A(batch[b]), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(back[b], AT(out[b]), rtol=1e-5, atol=1e-6)
+    # lens_operator inside jit (traced lens): Aᵀ falls back to a transposed scatter.
+    traced_AT = jax.jit(lambda lens, y: lensing.lens_operator(lens, geometry)[1](y))
+    np.testing.assert_allclose(traced_AT(LENS, out[0]), back[0], rtol=1e-5, atol=1e-5)
     # render, vmapped over sources *and* lenses, against each lens's operator.
     lenses = jax.tree_util.tree_map(lambda v: jnp.full((3,), v, jnp.float32), LENS)
     lenses = lenses._replace(theta_e=jnp.array([0.8, 1.0, 1.2], jnp.float32))

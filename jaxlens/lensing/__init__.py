@@ -2,7 +2,6 @@
 
 from jaxlens.lensing.diagnostics import AATDiagnostics, aat_diagnostics
 from jaxlens.lensing.forward import (
-    Geometry,
     average_pool,
     check_lens,
     convolve_psf,
@@ -10,7 +9,7 @@ from jaxlens.lensing.forward import (
     render,
     simulate,
 )
-from jaxlens.lensing.grid import pixel_centers, pixel_grid, pixel_scale
+from jaxlens.lensing.grid import Geometry, pixel_centers, pixel_grid, pixel_scale
 from jaxlens.lensing.interpolate import (
     BilinearCells,
     bilinear,

@@ -54,12 +54,14 @@ def aat_diagnostics(lens: LensParams, geometry: Geometry, *, atol: float = 0.0) 
         raise ValueError(
             f"aat_diagnostics forms A densely; {n_img}×{n_src} is too large for this geometry"
         )
-    A, _ = lens_operator(lens, geometry)
-    basis = jnp.eye(n_src, dtype=jnp.result_type(float)).reshape(
-        (n_src, geometry.src_npix, geometry.src_npix)
-    )
-    columns = jax.jit(jax.vmap(A))(basis)  # [n_src, m, m]: column k is A e_k
-    a = np.asarray(columns, dtype=np.float64).reshape(n_src, n_img).T
+    A, AT = lens_operator(lens, geometry)
+    dtype = jnp.result_type(float)
+    # Probe with the smaller basis: columns A e_k, or rows Aᵀ e_i.
+    if n_img <= n_src:
+        a = _probe(AT, n_img, geometry.img_shape, dtype)  # [n_img, n_src]
+    else:
+        a = _probe(A, n_src, geometry.src_shape, dtype).T
+    a = np.asarray(a, np.float64).reshape(n_img, n_src)
     aat = a @ a.T
     diag = np.diag(aat).copy()
     off = aat - np.diag(diag)
@@ -70,3 +72,13 @@ def aat_diagnostics(lens: LensParams, geometry: Geometry, *, atol: float = 0.0) 
         offdiag_nonzero_fraction=frac,
         offdiag_max=float(np.abs(off).max()) if n_off else 0.0,
     )
+
+
+def _probe(op, n: int, shape: tuple[int, int], dtype, chunk: int = 256) -> np.ndarray:
+    """op applied to every unit vector of an n-dimensional space, in fixed-size chunks."""
+    apply = jax.jit(jax.vmap(lambda k: op(jax.nn.one_hot(k, n, dtype=dtype).reshape(shape))))
+    out = []
+    for start in range(0, n, chunk):
+        k = np.arange(start, start + chunk) % n  # the last chunk wraps, then is cut
+        out.append(np.asarray(apply(jnp.asarray(k)))[: min(chunk, n - start)])
+    return np.concatenate(out).reshape(n, -1)

@@ -17,14 +17,13 @@ Sources are [n, n] or [n, n, C] (C bands, each lensed the same way); outputs are
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlens.lensing.grid import pixel_grid
+from jaxlens.lensing.grid import Geometry
 from jaxlens.lensing.interpolate import (
     BilinearCells,
     BucketedRows,
@@ -36,88 +35,7 @@ from jaxlens.lensing.interpolate import (
 )
 from jaxlens.lensing.mass import LensParams, ray_trace
 
-__all__ = ["Geometry", "render", "lens_operator", "simulate", "check_lens"]
-
-_PSF_SUM_RTOL = 1e-4
-
-
-@dataclasses.dataclass(frozen=True)
-class Geometry:
-    """Static description of the source grid, the ray-tracing grid and the detector.
-
-    Immutable and hashable (the PSF is stored as a tuple of tuples of floats), so
-    it can be a `jax.jit` static argument or closed over; it is not a pytree.
-
-    Attributes:
-      src_npix: source side, pixels (the source is src_npix × src_npix).
-      src_fov: source field of view, arcsec, centred on the origin.
-      fine_npix: side of the image-plane grid that is ray-traced, pixels.
-      img_fov: image field of view, arcsec (same for the fine and observed grids).
-      pool: average-pooling factor; the observation has fine_npix // pool pixels
-        on a side, and pool must divide fine_npix.
-      psf: optional PSF sampled on the *fine* grid: odd-sized 2-D, finite,
-        non-negative, summing to 1. Any array-like is accepted and converted.
-    """
-
-    src_npix: int
-    src_fov: float
-    fine_npix: int
-    img_fov: float
-    pool: int
-    psf: tuple[tuple[float, ...], ...] | None = None
-
-    def __post_init__(self):
-        for name in ("src_npix", "fine_npix", "pool"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"Geometry.{name} must be a positive integer, got {value!r}")
-            object.__setattr__(self, name, int(value))
-        for name in ("src_fov", "img_fov"):
-            value = float(getattr(self, name))
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"Geometry.{name} must be a positive number of arcsec, got {value!r}")
-            object.__setattr__(self, name, value)
-        if self.fine_npix % self.pool:
-            raise ValueError(
-                f"Geometry.pool={self.pool} does not divide fine_npix={self.fine_npix}"
-            )
-        if self.psf is not None:
-            object.__setattr__(self, "psf", _validated_psf(self.psf))
-
-    @property
-    def img_npix(self) -> int:
-        """Side of the observed image, pixels."""
-        return self.fine_npix // self.pool
-
-    @property
-    def src_shape(self) -> tuple[int, int]:
-        return (self.src_npix, self.src_npix)
-
-    @property
-    def img_shape(self) -> tuple[int, int]:
-        return (self.img_npix, self.img_npix)
-
-    @property
-    def psf_array(self) -> np.ndarray | None:
-        """The PSF as a float64 numpy array, or None."""
-        return None if self.psf is None else np.asarray(self.psf, dtype=np.float64)
-
-
-def _validated_psf(psf) -> tuple[tuple[float, ...], ...]:
-    arr = np.asarray(psf, dtype=np.float64)
-    if arr.ndim != 2:
-        raise ValueError(f"PSF must be a 2-D array, got shape {arr.shape}")
-    if arr.shape[0] % 2 == 0 or arr.shape[1] % 2 == 0:
-        raise ValueError(f"PSF must have odd sizes so that it has a centre pixel, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("PSF contains non-finite values")
-    if np.any(arr < 0):
-        raise ValueError("PSF has negative values")
-    total = arr.sum()
-    if abs(total - 1.0) > _PSF_SUM_RTOL:
-        raise ValueError(f"PSF must be normalised to sum 1, it sums to {total:.6g}")
-    return tuple(tuple(float(v) for v in row) for row in arr)
-
+__all__ = ["render", "lens_operator", "simulate", "check_lens", "convolve_psf", "average_pool"]
 
 def _is_concrete(tree) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
@@ -371,14 +289,16 @@ def simulate(
       source: [n, n] or [n, n, C].
       lens: lens parameters.
       geometry: the grids and the PSF.
-      sigma_n: noise standard deviation, a positive scalar or a per-pixel map
-        broadcastable to the image shape [m, m(, C)].
+      sigma_n: noise standard deviation, a positive scalar or a per-pixel map:
+        [m, m] (shared by all bands) or anything broadcastable to [m, m(, C)].
 
     Returns:
       The noisy image y only, [m, m] or [m, m, C] (call `render` for the clean one).
     """
     clean = render(source, lens, geometry)
     sigma_n = jnp.asarray(sigma_n, clean.dtype)
+    if sigma_n.ndim == 2 and clean.ndim == 3:
+        sigma_n = sigma_n[..., None]  # one [m, m] map for every band
     try:
         shape = jnp.broadcast_shapes(sigma_n.shape, clean.shape)
     except ValueError as err:

@@ -56,6 +56,9 @@ _C_MAX = 0.9999
 class LensParams(NamedTuple):
     """SIE + external shear parameters (a pytree; every field may be a traced array).
 
+    Only theta_e is required; the others default to 0 (a round, centred lens
+    without shear).
+
     Attributes:
       theta_e: Einstein radius on the intermediate axis, arcsec.
       e1, e2: ellipticity components (lenstronomy convention, dimensionless).
@@ -63,7 +66,7 @@ class LensParams(NamedTuple):
       gamma1, gamma2: external shear components (dimensionless).
     """
 
-    theta_e: jax.typing.ArrayLike = 1.0
+    theta_e: jax.typing.ArrayLike
     e1: jax.typing.ArrayLike = 0.0
     e2: jax.typing.ArrayLike = 0.0
     center_x: jax.typing.ArrayLike = 0.0
