@@ -4,6 +4,7 @@ from jaxlens.sample.chunks import ChunkStore
 from jaxlens.sample.gaussian import (
     GaussianPrior,
     dense_operator,
+    gaussian_em_moments,
     gaussian_prior_sample,
     gaussian_prior_score,
     isotropic_gaussian_prior,
@@ -48,6 +49,7 @@ __all__ = [
     "dense_operator",
     "euler_maruyama",
     "exact_likelihood_score",
+    "gaussian_em_moments",
     "gaussian_prior_sample",
     "gaussian_prior_score",
     "integrate",

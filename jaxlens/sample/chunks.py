@@ -1,15 +1,17 @@
 """Resumable on-disk storage of sample chunks: a manifest plus one npz per chunk.
 
-Layout of ``out_dir``::
+Layout of ``out_dir`` (the chunk names match `jaxlens.io.chunk_path`, so
+`jaxlens.io.load_chunks` reads them too)::
 
-    manifest.json        settings of the run and their hash
-    chunk_00000.npz      'indices' [m] global chain indices, 'samples' [m, H, W, C], 'settings_hash'
-    chunk_00001.npz      ...
+    chunks/manifest.json      settings of the run and their hash
+    chunks/chunk_00000.npz    'samples' [m, H, W, C], 'indices' [m] global chain indices, 'settings_hash'
+    chunks/chunk_00001.npz    ...
 
 Every file is written to a temporary name in the same directory and renamed
 into place, so a killed run leaves either a complete chunk or none. A rerun
 with the same settings skips the chunks that exist; a rerun with different
-settings is refused rather than mixing samples of two runs.
+settings is refused rather than mixing samples of two runs (unless no chunk
+has been written yet, in which case the manifest is simply replaced).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -26,6 +29,7 @@ import numpy as np
 __all__ = ["ChunkStore", "array_digest", "settings_hash"]
 
 _FORMAT = "jaxlens.sample.chunks/1"
+_CHUNK_RE = re.compile(r"^chunk_(\d{5})\.npz$")
 
 
 def array_digest(arr: Any, *, decimals: int | None = None) -> str:
@@ -83,18 +87,31 @@ class ChunkStore:
     def hash(self) -> str:
         return settings_hash(self.settings)
 
+    @property
+    def folder(self) -> str:
+        return os.path.join(self.out_dir, "chunks")
+
+    def written(self) -> list[int]:
+        """Sorted indices of the chunk files present."""
+        if not os.path.isdir(self.folder):
+            return []
+        return sorted(int(m.group(1)) for name in os.listdir(self.folder)
+                      if (m := _CHUNK_RE.match(name)))
+
     def open(self) -> None:
         """Creates the directory and manifest, or checks an existing manifest.
 
         Raises:
-          ValueError: the directory holds a run with different settings.
+          ValueError: the directory holds chunks of a run with different settings.
         """
-        os.makedirs(self.out_dir, exist_ok=True)
-        path = os.path.join(self.out_dir, "manifest.json")
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, "manifest.json")
         if os.path.exists(path):
             with open(path) as f:
                 old = json.load(f)
-            if old.get("hash") != self.hash:
+            if old.get("hash") == self.hash:
+                return
+            if self.written():
                 before = old.get("settings", {})
                 changed = sorted(k for k in set(before) | set(self.settings)
                                  if before.get(k) != self.settings.get(k))
@@ -102,13 +119,12 @@ class ChunkStore:
                     f"{self.out_dir} holds samples drawn with other settings (changed: {changed}); "
                     "use another out_dir or delete it"
                 )
-            return
         text = json.dumps({"format": _FORMAT, "hash": self.hash, "settings": self.settings},
                           indent=1, sort_keys=True)
         _atomic_write(path, lambda f: f.write(text.encode()))
 
     def path(self, chunk: int) -> str:
-        return os.path.join(self.out_dir, f"chunk_{chunk:05d}.npz")
+        return os.path.join(self.folder, f"chunk_{chunk:05d}.npz")
 
     def exists(self, chunk: int) -> bool:
         return os.path.exists(self.path(chunk))
