@@ -53,8 +53,11 @@ def pixel_grid(n: int, fov: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]
 class Geometry:
     """Static description of the source grid, the ray-tracing grid and the detector.
 
-    Immutable and hashable (the PSF is stored as a tuple of tuples of floats), so
-    it can be a `jax.jit` static argument or closed over; it is not a pytree.
+    A frozen dataclass, validated on construction (ValueError names the bad
+    field), immutable and hashable: the PSF is stored as a tuple of tuples of
+    floats and the hash is computed once. Pass it as a `jax.jit` static argument
+    or close over it; it is deliberately not a pytree, since every field fixes
+    array shapes or the structure of the computation.
 
     Attributes:
       src_npix: source side, pixels (the source is src_npix × src_npix).
