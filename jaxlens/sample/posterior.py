@@ -16,6 +16,7 @@ processes need no shared filesystem; every process returns all samples.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -24,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
 
 from jaxlens.sample.chunks import ChunkStore, array_digest
-from jaxlens.sample.likelihood import make_likelihood, posterior_score
+from jaxlens.sample.likelihood import make_likelihood
 from jaxlens.sample.solvers import EulerMaruyama, Solver, integrate, tweedie_denoise
 from jaxlens.sde import VESDE
 
@@ -92,12 +94,63 @@ def _check_counts(n_chains, n_steps, chunk_size) -> int:
     return min(int(chunk_size), int(n_chains))
 
 
+@functools.lru_cache(maxsize=4)
+def _programs(score_fn, sde, solver, mesh, shape, dtype, n_steps, seg, key_impl):
+    """The jitted, sharded init / segment / denoise programs of one configuration.
+
+    Cached, so repeated calls (chunks, reruns, new observations with the same
+    operator) reuse the compiled code: the observation, the key and the step
+    offset are arguments, not constants. The cache keeps its last few score
+    functions alive.
+    """
+
+    def chain_score(term):
+        if term is None:
+            return score_fn
+        return lambda x, t: term.posterior_score(score_fn, x, t, sde)
+
+    def init(key_data, index):
+        key = jax.random.wrap_key_data(key_data, impl=key_impl)
+
+        def one(g):
+            k_init, _ = _chain_keys(key, g)
+            return sde.sigma_max * jax.random.normal(k_init, shape, dtype)
+
+        return jax.vmap(one)(index)
+
+    def segment(key_data, term, index, x, start):
+        key = jax.random.wrap_key_data(key_data, impl=key_impl)
+        steps = start + jnp.arange(seg, dtype=jnp.int32)
+        score = chain_score(term)
+
+        def one(g, xi):
+            _, k_path = _chain_keys(key, g)
+            return integrate(k_path, score, sde, xi, steps, n_steps, solver=solver)
+
+        return jax.vmap(one)(index, x)
+
+    def finish(term, x):
+        score = chain_score(term)
+        return jax.vmap(lambda xi: tweedie_denoise(score, sde, xi))(x)
+
+    def sharded(fn, in_specs, donate=()):
+        mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P("data"), check_vma=False)
+        return jax.jit(mapped, donate_argnums=donate)
+
+    chains = P("data")
+    return (
+        sharded(init, (P(), chains)),
+        sharded(segment, (P(), P(), chains, chains, P()), donate=(3,)),
+        sharded(finish, (P(), chains), donate=(1,)),
+    )
+
+
 def _run(
-    key, score_fn, sde, shape, dtype, n_chains, n_steps, *, solver, denoise, chunk_size, out_dir,
-    mesh, progress, on_chunk, settings,
+    key, score_fn, term, sde, shape, dtype, n_chains, n_steps, *, solver, denoise, chunk_size,
+    out_dir, mesh, progress, on_chunk, settings,
 ) -> np.ndarray:
-    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        raise ValueError("key must be a typed PRNG key from jax.random.key(seed)")
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape != ():
+        raise ValueError("key must be a single typed PRNG key from jax.random.key(seed)")
     chunk_size = _check_counts(n_chains, n_steps, chunk_size)
     mesh = data_mesh() if mesh is None else mesh
     if tuple(mesh.axis_names) != ("data",):
@@ -107,42 +160,22 @@ def _run(
     n_chunks = math.ceil(n_chains / chunk_size)
     seg = math.ceil(n_steps / _PROGRESS_UPDATES) if progress else n_steps
     n_seg = math.ceil(n_steps / seg)
+    key_impl = str(jax.random.key_impl(key))
+    key_data = np.asarray(jax.random.key_data(key))
 
     settings = dict(settings, shape=list(shape), dtype=str(np.dtype(dtype)), n_chains=int(n_chains),
                     n_steps=int(n_steps), chunk_size=chunk_size, sigma_min=sde.sigma_min,
                     sigma_max=sde.sigma_max, solver=repr(solver), denoise=bool(denoise),
-                    key=array_digest(jax.random.key_data(key)), key_impl=str(jax.random.key_impl(key)))
+                    key=array_digest(key_data), key_impl=key_impl)
     store = _open_store(out_dir, settings)
 
+    init_fn, segment_fn, finish_fn = _programs(score_fn, sde, solver, mesh, tuple(shape),
+                                               np.dtype(dtype), int(n_steps), seg, key_impl)
     chains = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
-
-    def sharded(fn, in_specs):
-        return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P("data"),
-                                     check_vma=False))
-
-    def init(index):
-        def one(g):
-            k_init, _ = _chain_keys(key, g)
-            return sde.sigma_max * jax.random.normal(k_init, shape, dtype)
-
-        return jax.vmap(one)(index)
-
-    def segment(index, x, start):
-        steps = start + jnp.arange(seg, dtype=jnp.int32)
-
-        def one(g, xi):
-            _, k_path = _chain_keys(key, g)
-            return integrate(k_path, score_fn, sde, xi, steps, n_steps, solver=solver)
-
-        return jax.vmap(one)(index, x)
-
-    def finish(x):
-        return jax.vmap(lambda xi: tweedie_denoise(score_fn, sde, xi))(x)
-
-    init_fn = sharded(init, P("data"))
-    segment_fn = sharded(segment, (P("data"), P("data"), P()))
-    finish_fn = sharded(finish, P("data"))
+    key_arg = _global(key_data, replicated)
+    if term is not None:
+        term = jax.tree.map(lambda a: _global(np.asarray(a), replicated), term)
 
     def chain_indices(c: int) -> np.ndarray:
         return np.arange(c * chunk_size, min((c + 1) * chunk_size, n_chains), dtype=np.int32)
@@ -151,8 +184,6 @@ def _run(
     if store is not None and jax.process_index() == 0:
         done = np.asarray([store.exists(c) for c in range(n_chunks)], np.int32)
     done = _from_process0(done)
-
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=int(n_chunks - done.sum()) * n_steps, unit="step", desc="sampling",
                disable=not progress or jax.process_index() != 0)
@@ -168,14 +199,14 @@ def _run(
                 continue
             bar.set_postfix(chunk=f"{c + 1}/{n_chunks}")
             index = _global(np.arange(c * chunk_size, c * chunk_size + padded, dtype=np.int32), chains)
-            x = init_fn(index)
+            x = init_fn(key_arg, index)
             for s in range(n_seg):
-                x = segment_fn(index, x, _global(np.asarray(s * seg, np.int32), replicated))
+                x = segment_fn(key_arg, term, index, x, _global(np.asarray(s * seg, np.int32), replicated))
                 if progress:
                     x.block_until_ready()
                     bar.update(min(seg, n_steps - s * seg))
             if denoise:
-                x = finish_fn(x)
+                x = finish_fn(term, x)
             samples = _to_host(x)[: len(want)]
             if store is not None and jax.process_index() == 0:
                 store.save(c, want, samples)
@@ -232,7 +263,7 @@ def sample_prior(
     if len(shape) != 3:
         raise ValueError(f"shape must be (H, W, C), got {shape}")
     settings = {"kind": "prior", "tag": str(tag)}
-    return _run(key, score_fn, sde, shape, jnp.dtype(dtype), n_chains, n_steps, solver=solver,
+    return _run(key, score_fn, None, sde, shape, jnp.dtype(dtype), n_chains, n_steps, solver=solver,
                 denoise=denoise, chunk_size=chunk_size, out_dir=out_dir, mesh=mesh,
                 progress=progress, on_chunk=on_chunk, settings=settings)
 
@@ -301,6 +332,6 @@ def sample_posterior(
         "valid": array_digest(term.valid),
         "A_probe": array_digest(jax.jit(A)(probe), decimals=4),
     }
-    return _run(key, posterior_score(score_fn, term, sde), sde, shape, term.y.dtype, n_chains,
+    return _run(key, score_fn, term, sde, shape, term.y.dtype, n_chains,
                 n_steps, solver=solver, denoise=denoise, chunk_size=chunk_size, out_dir=out_dir,
                 mesh=mesh, progress=progress, on_chunk=on_chunk, settings=settings)
