@@ -275,35 +275,37 @@ def gaussian_em_moments(
     if isotropic and (nvar is None or np.all(nvar == nvar[0])):
         mean, var, basis = _em_moments_svd(lam[0], mu, m_op, yv, nvar, sde, n_steps, likelihood)
         return (basis @ mean).reshape(prior.shape), (basis * var) @ basis.T
+    # Work in the prior's eigenbasis, where (Σ + σ²I)⁻¹ and ∂m/∂x are diagonal.
     vec = np.eye(d) if prior.eigvecs is None else np.asarray(prior.eigvecs, np.float64)
-    eye = np.eye(d)
+    mu_e = vec.T @ mu
+    m_e = None if m_op is None else m_op @ vec
     h = 1.0 / n_steps
     mean = np.zeros(d)
-    cov = sde.sigma_max**2 * eye
+    cov = sde.sigma_max**2 * np.eye(d)
     for i in range(n_steps):
         t = 1.0 - i / n_steps
         var_t = float(sde.sigma(t)) ** 2
         g2 = 2.0 * sde.log_ratio * var_t
-        prec = (vec / (lam + var_t)) @ vec.T  # (Σ + σ²I)⁻¹
-        jac, b = prec, prec @ mu
+        prec = 1.0 / (lam + var_t)
+        jac, b = np.diag(prec), prec * mu_e
         if likelihood in ("eq19", "eq12"):
             if likelihood == "eq19":
-                w = m_op.T / (nvar + var_t)
+                w = m_e.T / (nvar + var_t)
             else:
-                w = np.linalg.solve(np.diag(nvar) + var_t * m_op @ m_op.T, m_op).T
-            jac, b = jac + w @ m_op, b + w @ yv
+                w = np.linalg.solve(np.diag(nvar) + var_t * m_e @ m_e.T, m_e).T
+            jac, b = jac + w @ m_e, b + w @ yv
         elif likelihood in ("tweedie", "dps"):
-            dm = eye - var_t * prec  # ∂m/∂x, symmetric
-            am = m_op @ dm
+            am = m_e * (1.0 - var_t * prec)  # A ∂m/∂x
             k = np.diag(nvar)
             if likelihood == "tweedie":
-                k = k + var_t * am @ m_op.T
+                k = k + var_t * am @ m_e.T
             w = np.linalg.solve(k, am).T
-            jac, b = jac + w @ am, b + w @ (yv - var_t * m_op @ (prec @ mu))
-        f = eye - h * g2 * jac
+            jac, b = jac + w @ am, b + w @ (yv - var_t * m_e @ (prec * mu_e))
+        f = np.eye(d) - h * g2 * jac
         mean = f @ mean + h * g2 * b
-        cov = f @ cov @ f.T + h * g2 * eye
-    return mean.reshape(prior.shape), 0.5 * (cov + cov.T)
+        cov = f @ cov @ f.T + h * g2 * np.eye(d)
+    cov = vec @ cov @ vec.T
+    return (vec @ mean).reshape(prior.shape), 0.5 * (cov + cov.T)
 
 
 def _em_moments_svd(v, mu, m_op, yv, nvar, sde, n_steps, likelihood):

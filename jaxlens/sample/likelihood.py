@@ -96,7 +96,7 @@ class LikelihoodTerm:
         if tuple(x.shape) != self.source_shape:
             raise ValueError(f"state of shape {tuple(x.shape)} does not match Aᵀ(y)'s shape {self.source_shape}")
 
-    def residual_op(self, x: jax.Array) -> jax.Array:
+    def residual(self, x: jax.Array) -> jax.Array:
         """Masked residual valid · (y − A x), [h, w, C]."""
         return self.valid * (self.y - self.A(x))
 
@@ -152,7 +152,13 @@ def make_likelihood(
         if mask.ndim == 2 and mask.shape == y.shape[:2]:
             mask = mask[..., None]
     for name, arr in (("sigma_n", sigma_n), ("mask", mask)):
-        if arr is not None and jnp.broadcast_shapes(arr.shape, y.shape) != y.shape:
+        if arr is None:
+            continue
+        try:
+            ok = jnp.broadcast_shapes(arr.shape, y.shape) == y.shape
+        except ValueError:
+            ok = False
+        if not ok:
             raise ValueError(f"{name} of shape {arr.shape} does not broadcast to y's shape {y.shape}")
     sigma_n = jnp.broadcast_to(sigma_n, y.shape)
     valid = jnp.isfinite(sigma_n)
@@ -213,7 +219,7 @@ def _cg_solve(term: LikelihoodTerm, op: Operator, b: jax.Array, diag: jax.Array)
 
 def _eq19(term, score_fn, x, t, sde):
     var_t = sde.sigma(t).astype(x.dtype) ** 2
-    return term.AT(term.residual_op(x) / (term.noise_var + var_t)), None
+    return term.AT(term.residual(x) / (term.noise_var + var_t)), None
 
 
 def _eq12(term, score_fn, x, t, sde):
@@ -222,7 +228,7 @@ def _eq12(term, score_fn, x, t, sde):
     def op(v):
         return term.noise_var * v + var_t * term.A(term.AT(v))
 
-    u = _cg_solve(term, op, term.residual_op(x), term.noise_var + var_t)
+    u = _cg_solve(term, op, term.residual(x), term.noise_var + var_t)
     return term.AT(term.valid * u), None
 
 
@@ -250,7 +256,7 @@ def _tweedie(term, score_fn, x, t, sde):
     def op(v):
         return term.noise_var * v + var_t * term.A(jvp_m(term.AT(v)))
 
-    u = _cg_solve(term, op, term.residual_op(m), term.noise_var + var_t)
+    u = _cg_solve(term, op, term.residual(m), term.noise_var + var_t)
     (lik,) = vjp_m(term.AT(term.valid * u))
     return lik, s
 
@@ -260,7 +266,7 @@ def _dps(term, score_fn, x, t, sde):
         raise ValueError("the 'dps' likelihood needs the prior score_fn")
     _, mean_and_score = _tweedie_mean(score_fn, x, t, sde)
     m, vjp_m, s = jax.vjp(mean_and_score, x, has_aux=True)
-    (lik,) = vjp_m(term.AT(term.residual_op(m) / term.noise_var))
+    (lik,) = vjp_m(term.AT(term.residual(m) / term.noise_var))
     return lik, s
 
 

@@ -169,8 +169,11 @@ def _run(
                     key=array_digest(key_data), key_impl=key_impl)
     store = _open_store(out_dir, settings)
 
-    init_fn, segment_fn, finish_fn = _programs(score_fn, sde, solver, mesh, tuple(shape),
-                                               np.dtype(dtype), int(n_steps), seg, key_impl)
+    config = (score_fn, sde, solver, mesh, tuple(shape), np.dtype(dtype), int(n_steps), seg, key_impl)
+    try:
+        init_fn, segment_fn, finish_fn = _programs(*config)
+    except TypeError:  # an unhashable score_fn or solver: compile without caching
+        init_fn, segment_fn, finish_fn = _programs.__wrapped__(*config)
     chains = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
     key_arg = _global(key_data, replicated)

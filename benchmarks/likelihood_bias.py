@@ -1,0 +1,207 @@
+"""Bias of each likelihood mode against the exact posterior on an analytic Gaussian prior.
+
+Problem: a 16² source with a smooth Gaussian prior (squared-exponential kernel,
+ℓ = 2 px, unit std, jitter 1e-3), lensed by the real SIE + shear operator to a
+16² image (fine grid 32², pooled by 2), with white noise σ_n ∈ {0.005, 0.05, 0.5}.
+The posterior is Gaussian and known in closed form. VE SDE with σ_min = 1e-4,
+σ_max = 40 (about the largest pairwise distance of prior draws), N reverse steps.
+
+For each mode we report, against the closed-form posterior:
+  * mean error: RMS over pixels of (mean − true mean) / true posterior std;
+  * std ratio: median (and 5–95 % range) over pixels of sampled / true std.
+
+Two sources of numbers:
+  * "law": the exact distribution of the Euler–Maruyama chain
+    (`jaxlens.sample.gaussian_em_moments`), i.e. the sampler's output with
+    infinitely many chains and exact CG solves — no Monte-Carlo error;
+  * "MC": `sample_posterior` with `--chains` chains, to show the sampler
+    reproduces the law (the MC error of the mean error is ≈ 1/√chains).
+
+Also timed: wall time per reverse step for 64 chains (compiled, CG capped at
+`--cg-maxiter`). Run from the repository root:
+
+    python benchmarks/likelihood_bias.py [--steps 500] [--chains 256] [--no-append]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # numpy float64 recursions; avoids thread thrash
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from jaxlens.lensing import Geometry, LensParams, lens_operator  # noqa: E402
+from jaxlens.sample import (  # noqa: E402
+    dense_operator,
+    gaussian_em_moments,
+    gaussian_prior_sample,
+    gaussian_prior_score,
+    linear_gaussian_posterior,
+    sample_posterior,
+    isotropic_gaussian_prior,
+    smooth_gaussian_prior,
+)
+from jaxlens.sde import VESDE  # noqa: E402
+
+SHAPE = (16, 16, 1)
+GEOM = Geometry(src_npix=16, src_fov=2.0, fine_npix=32, img_fov=3.0, pool=2)
+LENS = LensParams(1.0, 0.1, -0.05, 0.02, -0.03, 0.02, 0.01)
+SIGMAS = (0.005, 0.05, 0.5)
+MODES = ("eq19", "eq12", "tweedie", "dps")
+SECTION = "## Likelihood bias on an analytic Gaussian prior"
+
+
+def _cpu() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except Exception:  # noqa: BLE001 - informational only
+        name = platform.processor() or "unknown CPU"
+    return f"{name}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+
+
+def _stats(mean, std, ref_mean, ref_std):
+    z = (mean - ref_mean) / ref_std
+    r = std / ref_std
+    if not (np.all(np.isfinite(z)) and np.all(np.isfinite(r))) or np.median(r) > 100:
+        return None  # the chain blew up: EM is unstable for this mode and step count
+    return np.sqrt(np.mean(z**2)), np.median(r), np.percentile(r, 5), np.percentile(r, 95)
+
+
+def _fmt(st) -> str:
+    if st is None:
+        return "diverges | — |"
+    return f"{st[0]:.3f} | {st[1]:.3f} ({st[2]:.2f}–{st[3]:.2f}) |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--chains", type=int, default=256)
+    parser.add_argument("--cg-maxiter", type=int, default=100)
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args()
+    t_start = time.time()
+
+    sde = VESDE(1e-4, 40.0)
+    A, AT = lens_operator(LENS, GEOM)
+    M = dense_operator(A, SHAPE)
+    mj = jnp.asarray(M, jnp.float32)
+
+    def Ad(x):  # the lens as a dense matrix: same operator, faster for 256² unknowns
+        return (mj @ x.reshape(-1)).reshape(GEOM.img_shape + (1,))
+
+    def ATd(y):
+        return (mj.T @ y.reshape(-1)).reshape(SHAPE)
+
+    prior = smooth_gaussian_prior(SHAPE, length_scale=2.0)
+    score = gaussian_prior_score(prior, sde)
+    x_true = np.asarray(gaussian_prior_sample(jax.random.key(5), prior, 1)[0], np.float64)
+    noise = np.random.default_rng(5).standard_normal(GEOM.img_shape + (1,))
+
+    rows = []
+    for sigma_n in SIGMAS:
+        y = ((M @ x_true.ravel()).reshape(noise.shape) + sigma_n * noise).astype(np.float32)
+        mu, cov = linear_gaussian_posterior(prior, M, y, sigma_n)
+        sd = np.sqrt(np.diag(cov)).reshape(SHAPE)
+        for mode in MODES:
+            with np.errstate(all="ignore"):
+                lm, lc = gaussian_em_moments(prior, M, y, sigma_n, sde, args.steps, likelihood=mode)
+            law = _stats(lm, np.sqrt(np.abs(np.diag(lc))).reshape(SHAPE), mu, sd)
+            mc = None
+            if mode != "dps" and (mode == "eq19" or sigma_n == 0.05):
+                s = sample_posterior(jax.random.key(1), score, y, Ad, ATd, sigma_n, sde, args.chains,
+                                     args.steps, likelihood=mode, cg_maxiter=args.cg_maxiter, progress=False)
+                mc = _stats(s.mean(0), s.std(0, ddof=1), mu, sd)
+            rows.append((sigma_n, mode, law, mc))
+            print(sigma_n, mode, law, mc, f"{time.time() - t_start:.0f}s", flush=True)
+
+    # The same problem with a broad isotropic N(0, I) prior, law only (it is cheap there).
+    iso = isotropic_gaussian_prior(SHAPE)
+    x_iso = np.asarray(gaussian_prior_sample(jax.random.key(5), iso, 1)[0], np.float64)
+    iso_rows = []
+    for sigma_n in SIGMAS:
+        y = (M @ x_iso.ravel()).reshape(noise.shape) + sigma_n * noise
+        mu, cov = linear_gaussian_posterior(iso, M, y, sigma_n)
+        sd = np.sqrt(np.diag(cov)).reshape(SHAPE)
+        for mode in MODES:
+            with np.errstate(all="ignore"):
+                lm, lc = gaussian_em_moments(iso, M, y, sigma_n, sde, args.steps, likelihood=mode)
+            iso_rows.append((sigma_n, mode, _stats(lm, np.sqrt(np.abs(np.diag(lc))).reshape(SHAPE), mu, sd)))
+
+    # Per-step cost with the matrix-free operator, compiled, 64 chains.
+    y = ((M @ x_true.ravel()).reshape(noise.shape) + 0.05 * noise).astype(np.float32)
+    cost = {}
+    for mode in MODES:
+        run = dict(likelihood=mode, cg_maxiter=args.cg_maxiter, progress=False)
+        sample_posterior(jax.random.key(0), score, y, A, AT, 0.05, sde, 64, 50, **run)
+        t0 = time.perf_counter()
+        sample_posterior(jax.random.key(0), score, y, A, AT, 0.05, sde, 64, 50, **run)
+        cost[mode] = (time.perf_counter() - t0) / 50 * 1e3
+
+    lines = [
+        SECTION,
+        "",
+        f"`python benchmarks/likelihood_bias.py --steps {args.steps} --chains {args.chains} "
+        f"--cg-maxiter {args.cg_maxiter}`, {datetime.date.today().isoformat()}, {_cpu()}; "
+        f"jax {jax.__version__} (CPU, {jax.device_count()} device(s)), {time.time() - t_start:.0f} s in all.",
+        "",
+        "16² source, smooth Gaussian prior (SE kernel, ℓ = 2 px, unit std, jitter 1e-3), real SIE + shear",
+        "operator to a 16² image, VE SDE σ_min = 1e-4, σ_max = 40, Euler–Maruyama with "
+        f"N = {args.steps}. Mean error = RMS over pixels of (mean − exact)/(exact posterior std);",
+        "std ratio = median (5–95 %) over pixels of sampled/exact posterior std; 1.000 is unbiased.",
+        "*law* = exact distribution of the EM chain (no Monte-Carlo error, exact linear solves);",
+        f"*MC* = `sample_posterior` with {args.chains} chains (MC error of the mean error ≈ "
+        f"{1 / np.sqrt(args.chains):.3f}; CG capped at {args.cg_maxiter} iterations).",
+        "",
+        "| σ_n | mode | mean error (law) | std ratio (law) | mean error (MC) | std ratio (MC) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for sigma_n, mode, law, mc in rows:
+        mc_txt = "not run | — |" if mc is None and (mode == "dps" or not (mode == "eq19" or sigma_n == 0.05)) \
+            else _fmt(mc)
+        lines.append(f"| {sigma_n} | {mode} | {_fmt(law)} {mc_txt}")
+    lines += [
+        "",
+        "The same lens and noise with an isotropic N(0, I) prior (law only). eq12 replaces p(x_0 | x_t)",
+        "by N(x_t, σ²), i.e. ignores the prior, so it is nearly exact only when the prior is broad in",
+        "every direction the data constrain; tweedie uses the exact Gaussian p(x_0 | x_t) here.",
+        "",
+        "| σ_n | eq19 mean error | eq19 std ratio | eq12 mean error | eq12 std ratio | tweedie mean error | tweedie std ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for sigma_n in SIGMAS:
+        cells = [_fmt(st) for sn, mode, st in iso_rows if sn == sigma_n and mode != "dps"]
+        lines.append(f"| {sigma_n} | " + " ".join(cells))
+    lines += [
+        "",
+        "dps (the plain gradient of log N(y; A m(x_t), σ_n² I), no step-size heuristic) diverges for every",
+        f"σ_n here at N = {args.steps}: its likelihood Hessian is not damped by σ(t)², so EM needs",
+        "g²Δt · ‖A‖²/σ_n² < 2, i.e. far more steps.",
+        "",
+        "Time per reverse step, 64 chains, matrix-free operator, σ_n = 0.05 (compiled): "
+        + ", ".join(f"{m} {c:.1f} ms" for m, c in cost.items()) + ".",
+        "",
+    ]
+    table = "\n".join(lines)
+    print("\n" + table)
+    if not args.no_append:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+        with open(path, "a") as f:
+            f.write("\n" + table)
+        print(f"appended to {path}")
+
+
+if __name__ == "__main__":
+    main()
