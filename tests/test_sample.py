@@ -353,6 +353,9 @@ def test_resume_after_interruption(lens, tmp_path):
     np.testing.assert_array_equal(resumed, full)
     with np.load(tmp_path / "chunks" / "chunk_00002.npz") as f:
         np.testing.assert_array_equal(f["indices"], [8, 9])
+    (tmp_path / "chunks" / "chunk_00001.npz").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="cannot reuse chunk 1"):
+        sample_posterior(jax.random.key(2), score, y, A, AT, 0.1, SDE, out_dir=tmp_path, **run)
     with pytest.raises(ValueError, match="other settings"):
         sample_posterior(jax.random.key(3), score, y, A, AT, 0.1, SDE, out_dir=tmp_path, **run)
     with pytest.raises(ValueError, match="other settings"):

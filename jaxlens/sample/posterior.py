@@ -2,8 +2,11 @@
 
 Chain g of a run with key k starts from σ_max · N(0, I) drawn with
 fold_in(fold_in(k, g), 0) and integrates with the path key fold_in(fold_in(k, g), 1).
-Its sample therefore depends on (k, g) only, not on how many devices, processes or
-chunks the run uses: one device and eight give the same samples.
+Its randomness therefore depends on (k, g) only, not on how many devices, processes
+or chunks the run uses: one device and eight give the same samples, bit for bit
+when the per-chain work is elementwise and otherwise up to the float32 rounding of
+reductions whose vectorisation depends on the number of chains per device
+(≈ 1e-7 relative; CG stopping decisions can amplify this to ≈ the CG tolerance).
 
 Chains are processed in chunks of `chunk_size`. A chunk is padded to a multiple
 of the device count, sharded along the mesh axis 'data' (which may span several
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import zipfile
 from typing import Callable
 
 import jax
@@ -81,6 +85,18 @@ def _open_store(out_dir: str | None, settings: dict) -> ChunkStore | None:
     if _from_process0(np.int32(error is not None)):
         raise error or ValueError(f"process 0 refused {out_dir}: it holds a run with other settings")
     return store
+
+
+def _load_everywhere(store: ChunkStore, chunk: int, want: np.ndarray, shape, dtype) -> np.ndarray:
+    samples, error = np.zeros((len(want),) + tuple(shape), dtype), None
+    if jax.process_index() == 0:
+        try:
+            samples = store.load(chunk, want)
+        except (ValueError, OSError, KeyError, zipfile.BadZipFile) as err:
+            error = err
+    if _from_process0(np.int32(error is not None)):
+        raise ValueError(f"cannot reuse chunk {chunk} in {store.out_dir}: {error or 'see process 0'}")
+    return _from_process0(samples)
 
 
 def _check_counts(n_chains, n_steps, chunk_size) -> int:
@@ -195,10 +211,7 @@ def _run(
         for c in range(n_chunks):
             want = chain_indices(c)
             if done[c]:
-                samples = np.zeros((len(want),) + tuple(shape), dtype)
-                if jax.process_index() == 0:
-                    samples = store.load(c, want)
-                results.append(_from_process0(samples))
+                results.append(_load_everywhere(store, c, want, shape, dtype))
                 continue
             bar.set_postfix(chunk=f"{c + 1}/{n_chunks}")
             index = _global(np.arange(c * chunk_size, c * chunk_size + padded, dtype=np.int32), chains)
