@@ -154,3 +154,19 @@ def problem_from_config(config, *, observation=None, noise=None, psf=None, lens=
         raise ValueError("a simulated observation needs a scalar --noise")
     source = procedural_galaxy(int(config.lens.source_seed), config.data.npix)
     return simulated_problem(jax.random.key(config.seed), source, lens_p, geo, float(sigma))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing where a bad `--config.*` override is one clear line and exit status 2.
+
+    ml_collections raises AttributeError/KeyError/TypeError for an unknown key or a
+    value of the wrong type while the flags are parsed, before `main` runs.
+    """
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -37,8 +37,8 @@ def main(argv) -> None:
     common.exit_on_user_error(train_from_config, _CONFIG.value, os.path.expanduser(_WORKDIR.value))
 
 
-def train_from_config(config, workdir: str):
-    """Config → data, model, SDE and options; then `jaxlens.train.train`."""
+def train_from_config(config, workdir: str, *, mesh=None):
+    """Config → data, model, SDE and options; then `jaxlens.train.train` (on `mesh`, default all devices)."""
     from jaxlens import data, train
     from jaxlens.sde import VESDE, sigma_max_from_data
 
@@ -83,4 +83,5 @@ def train_from_config(config, workdir: str):
             keep_checkpoints=t.keep_checkpoints, log_every=t.log_every,
             grid_samples=t.grid_samples, grid_steps=t.grid_steps),
         workdir=workdir,
+        mesh=mesh,
     )
