@@ -533,7 +533,7 @@ def write_samples(
     return fits_path, npz_path
 
 
-# --------------------------------------------------------------------------- output folder and chunks
+# --------------------------------------------------------------------------- output folder
 
 
 def prepare_out_dir(out: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
@@ -573,70 +573,3 @@ def prepare_out_dir(out: str | os.PathLike, *, resume: bool, overwrite: bool) ->
                     shutil.rmtree(chunks)
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def record_settings(out_dir: str | os.PathLike, settings: Mapping[str, Any], *, resume: bool) -> Path:
-    """Writes ``settings.json``; on resume, first checks it matches the stored one.
-
-    Resuming with other settings would mix chunks of different posteriors, so
-    any difference is an error that lists the differing keys.
-    """
-    path = Path(out_dir) / "settings.json"
-    new = _jsonable(dict(settings))
-    if resume and path.exists():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(new) if old.get(k, None) != new.get(k, None))
-        if diff:
-            raise ValueError(
-                f"cannot resume in {out_dir}: settings differ from the stored run for {diff}; "
-                "use another --out or --overwrite"
-            )
-        return path
-    return _atomic_write_text(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
-
-
-def chunk_path(out_dir: str | os.PathLike, index: int) -> Path:
-    """Path of chunk `index` (0 ≤ index < 100000): ``out_dir/chunks/chunk_00003.npz``."""
-    if not 0 <= int(index) < 100_000:
-        raise ValueError(f"chunk index must be in [0, 100000), got {index}")
-    return Path(out_dir) / "chunks" / f"chunk_{int(index):05d}.npz"
-
-
-def write_chunk(out_dir: str | os.PathLike, index: int, samples) -> Path:
-    """Atomically writes one chunk of samples [n, H, W, C]; a killed write leaves no chunk."""
-    arr = _finite_float32(samples, f"chunk {index}")
-    if arr.ndim != 4:
-        raise ValueError(f"a chunk must be [n, H, W, C], got shape {arr.shape}")
-
-    def _write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, samples=arr)
-
-    return _atomic_replace(chunk_path(out_dir, index), _write)
-
-
-def completed_chunks(out_dir: str | os.PathLike) -> list[int]:
-    """Sorted indices of the chunks already written in `out_dir`."""
-    folder = Path(out_dir) / "chunks"
-    if not folder.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _CHUNK_RE.match(p.name)))
-
-
-def load_chunks(out_dir: str | os.PathLike, n_chunks: int) -> np.ndarray:
-    """Concatenates chunks 0 … n_chunks−1 along the sample axis into [N, H, W, C].
-
-    Raises:
-      ValueError: a chunk is missing or the chunks disagree in image shape.
-    """
-    missing = sorted(set(range(n_chunks)) - set(completed_chunks(out_dir)))
-    if missing:
-        raise ValueError(f"{out_dir}: chunks {missing} are missing")
-    parts = []
-    for i in range(n_chunks):
-        with np.load(chunk_path(out_dir, i), allow_pickle=False) as data:
-            parts.append(np.asarray(data["samples"], dtype=np.float32))
-    shapes = {p.shape[1:] for p in parts}
-    if len(shapes) != 1:
-        raise ValueError(f"{out_dir}: chunks have different image shapes {sorted(shapes)}")
-    return np.concatenate(parts, axis=0)

@@ -293,14 +293,15 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["samples.fits"]  # the npz never appeared, no temp file
 
 
-# ------------------------------------------------------------------ output folder, settings and chunks
+# ------------------------------------------------------------------ output folder
 
 
 def test_prepare_out_dir(tmp_path):
     out = tmp_path / "run"
     assert io.prepare_out_dir(out, resume=False, overwrite=False) == out and out.is_dir()
     io.prepare_out_dir(out, resume=False, overwrite=False)  # empty: fine
-    io.write_chunk(out, 0, np.zeros((2, 4, 4, 1)))
+    (out / "chunks").mkdir()
+    np.savez(out / "chunks" / "chunk_00000.npz", samples=np.zeros((2, 4, 4, 1)))
     (out / "chunks" / "manifest.json").write_text("{}")
     (out / "samples.fits").write_text("old")
     (out / "notes.txt").write_text("mine")
@@ -309,9 +310,9 @@ def test_prepare_out_dir(tmp_path):
     assert isinstance(err.value, ValueError)
     assert (out / "samples.fits").read_text() == "old"
     io.prepare_out_dir(out, resume=True, overwrite=False)
-    assert io.completed_chunks(out) == [0]
+    assert (out / "chunks" / "chunk_00000.npz").exists()
     io.prepare_out_dir(out, resume=False, overwrite=True)
-    assert io.completed_chunks(out) == [] and not (out / "samples.fits").exists()
+    assert not (out / "samples.fits").exists()
     assert not (out / "chunks").exists()
     assert (out / "notes.txt").read_text() == "mine"  # only our own outputs are removed
     with pytest.raises(ValueError, match="exclude"):
@@ -320,28 +321,3 @@ def test_prepare_out_dir(tmp_path):
         io.prepare_out_dir(out / "notes.txt", resume=False, overwrite=False)
 
 
-def test_record_settings(tmp_path):
-    settings = {"n_steps": 100, "sigma_n": 0.1, "geometry": [64, 3.0]}
-    io.record_settings(tmp_path, settings, resume=False)
-    io.record_settings(tmp_path, dict(settings), resume=True)
-    with pytest.raises(ValueError, match="n_steps"):
-        io.record_settings(tmp_path, {**settings, "n_steps": 200}, resume=True)
-    io.record_settings(tmp_path, {**settings, "n_steps": 200}, resume=False)
-    assert json.loads((tmp_path / "settings.json").read_text())["n_steps"] == 200
-
-
-def test_chunks(tmp_path):
-    parts = [np.full((2, 3, 3, 1), k, np.float32) for k in range(3)]
-    for k in (2, 0):
-        io.write_chunk(tmp_path, k, parts[k])
-    assert io.completed_chunks(tmp_path) == [0, 2]
-    with pytest.raises(ValueError, match="\\[1\\] are missing"):
-        io.load_chunks(tmp_path, 3)
-    io.write_chunk(tmp_path, 1, parts[1])
-    np.testing.assert_array_equal(io.load_chunks(tmp_path, 3), np.concatenate(parts))
-    io.write_chunk(tmp_path, 3, np.zeros((2, 4, 4, 1)))
-    with pytest.raises(ValueError, match="different image shapes"):
-        io.load_chunks(tmp_path, 4)
-    with pytest.raises(ValueError):
-        io.chunk_path(tmp_path, -1)
-    assert sorted(os.listdir(tmp_path / "chunks")) == [f"chunk_{k:05d}.npz" for k in range(4)]
