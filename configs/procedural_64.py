@@ -31,7 +31,7 @@ def get_config():
     c.lens.pool = 2
     c.lens.src_fov = 3.0
     c.lens.img_fov = 6.0
-    c.sampling.n_chains = 16
-    c.sampling.chunk_size = 16
+    c.sampling.n_chains = 8  # the 5-minute CPU budget of the default run
+    c.sampling.chunk_size = 8
     c.sampling.confidence = 0.97
     return c
