@@ -78,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
     p.n_steps = 0  # 0: the smallest N with step_confidence(N) >= confidence
     p.confidence = 0.99
     p.chunk_size = 16
-    p.likelihood = "eq19"  # eq19 (the paper) | eq12
+    p.likelihood = "eq19"  # eq19 (the paper) | eq12 | tweedie | dps (see jaxlens.sample.likelihood)
     p.cg_tol = 1e-5
     p.cg_maxiter = 50
     p.solver = "em"  # em (the paper) | pc | ode

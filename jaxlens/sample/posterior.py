@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
+from jaxlens.mesh import data_mesh
 from jaxlens.sample.chunks import ChunkStore, array_digest
 from jaxlens.sample.likelihood import make_likelihood
 from jaxlens.sample.solvers import EulerMaruyama, Solver, integrate, tweedie_denoise
@@ -41,12 +42,6 @@ __all__ = ["sample_prior", "sample_posterior", "data_mesh"]
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 _PROGRESS_UPDATES = 100
-
-
-def data_mesh(devices=None) -> Mesh:
-    """A one-axis mesh named 'data' over the given devices (default: all, every process)."""
-    devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), ("data",))
 
 
 def _chain_keys(key: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:

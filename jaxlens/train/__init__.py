@@ -4,7 +4,8 @@ from jaxlens.train.checkpoint import CheckpointError
 from jaxlens.train.dsm import dsm_loss
 from jaxlens.train.loop import TrainOptions, train
 from jaxlens.train.state import OptimizerSpec, TrainState, create_train_state, make_optimizer
-from jaxlens.train.step import data_mesh, make_train_step, train_step
+from jaxlens.mesh import data_mesh
+from jaxlens.train.step import make_train_step, train_step
 
 __all__ = [
     "CheckpointError",

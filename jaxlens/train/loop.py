@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from jaxlens.sde import VESDE
 from jaxlens.train import checkpoint as ckpt
 from jaxlens.train.state import OptimizerSpec, TrainState, create_train_state
-from jaxlens.train.step import data_mesh, make_train_step
+from jaxlens.mesh import data_mesh
+from jaxlens.train.step import make_train_step
 
 log = logging.getLogger(__name__)
 

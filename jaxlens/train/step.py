@@ -52,12 +52,6 @@ def train_step(
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-def data_mesh(devices=None) -> Mesh:
-    """A one-axis mesh named `data` over `devices` (default: every device of every process)."""
-    devices = jax.devices() if devices is None else list(devices)
-    return Mesh(devices, ("data",))
-
-
 def make_train_step(
     mesh: Mesh, *, sde: VESDE, t_min: float = 1e-5
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
