@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -29,7 +30,7 @@ from jaxlens.diagnostics import figures, metrics
 from jaxlens.lensing import Geometry, LensParams, check_lens, lens_operator, render
 from jaxlens.prior import LoadedPrior
 from jaxlens.sample import EulerMaruyama, PredictorCorrector, ProbabilityFlow, sample_posterior
-from jaxlens.sde import steps_for_confidence
+from jaxlens.sde import step_confidence, steps_for_confidence
 
 SOLVERS = ("em", "pc", "ode")
 
@@ -91,10 +92,20 @@ def simulated_problem(
 
 
 def n_steps_for(options: SamplingOptions, prior: LoadedPrior, shape: tuple[int, ...]) -> int:
-    if options.n_steps > 0:
-        return options.n_steps
-    return steps_for_confidence(options.confidence, int(np.prod(shape)), prior.sde.sigma_min,
-                                prior.sde.sigma_max)
+    """The configured N, or the smallest N with step_confidence(N) >= options.confidence.
+
+    Warns when a configured N is far too small: Euler–Maruyama with the likelihood term
+    then diverges (roughly below log(σ_max/σ_min)·λ_max(AᵀA) steps).
+    """
+    args = (int(np.prod(shape)), prior.sde.sigma_min, prior.sde.sigma_max)
+    if options.n_steps == 0:
+        return steps_for_confidence(options.confidence, *args)
+    p = step_confidence(options.n_steps, *args) if options.n_steps >= 2 else 0.0
+    if p < 0.5:
+        warnings.warn(f"n_steps={options.n_steps} gives step_confidence {p:.2f} < 0.5; the reverse SDE "
+                      f"may diverge (about {steps_for_confidence(0.97, *args)} steps reach 0.97)",
+                      stacklevel=2)
+    return options.n_steps
 
 
 def _solver(options: SamplingOptions):
