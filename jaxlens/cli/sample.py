@@ -25,7 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", os.path.join(_REPO, "checkpoints", "procedural_64"),
     "Exported prior (prior.json + params/) or a bin/train workdir.")
-_OUT = flags.DEFINE_string("out", "jaxlens_out", "Output directory.")
+_OUT = flags.DEFINE_string("out", os.path.join("out", "default"), "Output directory.")
 _OBSERVATION = flags.DEFINE_string("observation", None, "Observed image (FITS).")
 _NOISE = flags.DEFINE_string("noise", None, "Noise std: a number or a FITS map (default: config).")
 _PSF = flags.DEFINE_string("psf", None, "PSF on the ray-tracing grid (FITS, odd-sized, sums to 1).")
