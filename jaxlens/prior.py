@@ -53,20 +53,12 @@ def export_prior(workdir: str, out_dir: str, *, extra: dict | None = None) -> st
     """
     import orbax.checkpoint as ocp
 
-    from jaxlens.train import checkpoint as ckpt
-
-    mngr = ckpt.manager(workdir)
-    step = mngr.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}")
-    meta = ckpt.read_meta(mngr, step)
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    params = state["ema_params"]
+    params, meta = _latest_ema_params(workdir)
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     with ocp.StandardCheckpointer() as saver:
         saver.save(os.path.join(out_dir, "params"), params, force=True)
-    meta = {**meta, "step": int(step), **(extra or {})}
+    meta = {**meta, **(extra or {})}
     with open(os.path.join(out_dir, PRIOR_META), "w") as f:
         json.dump(meta, f, indent=2)
     return out_dir
@@ -93,8 +85,6 @@ def load_prior(path: str, *, dtype=jnp.float32) -> LoadedPrior:
     """
     import orbax.checkpoint as ocp
 
-    from jaxlens.train import checkpoint as ckpt
-
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
@@ -106,19 +96,27 @@ def load_prior(path: str, *, dtype=jnp.float32) -> LoadedPrior:
         with ocp.StandardCheckpointer() as loader:
             params = loader.restore(os.path.join(path, "params"), abstract)
     elif os.path.isdir(os.path.join(path, "checkpoints")):
-        mngr = ckpt.manager(path)
-        step = mngr.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {path}")
-        meta = ckpt.read_meta(mngr, step)
+        params, meta = _latest_ema_params(path)
         model = model_from_architecture(meta["model"], dtype=dtype)
-        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-        params = state["ema_params"]
-        meta = {**meta, "step": int(step)}
     else:
         raise FileNotFoundError(f"{path} holds neither {PRIOR_META} nor a checkpoints/ folder")
     sde = VESDE(sigma_min=float(meta["sigma_min"]), sigma_max=float(meta["sigma_max"]))
     return LoadedPrior(model, params, sde, meta)
+
+
+def _latest_ema_params(workdir: str) -> tuple[Any, dict]:
+    """EMA parameters and metadata (with `step`) of the newest checkpoint of a training workdir."""
+    import orbax.checkpoint as ocp
+
+    from jaxlens.train import checkpoint as ckpt
+
+    mngr = ckpt.manager(workdir)
+    step = mngr.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}")
+    meta = ckpt.read_meta(mngr, step)
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    return state["ema_params"], {**meta, "step": int(step)}
 
 
 def _abstract_params(model: Any, meta: dict) -> Any:
