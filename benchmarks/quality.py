@@ -73,7 +73,7 @@ def random_lenses(n: int, seed: int) -> list[LensParams]:
 
 
 def make_sampler(prior, geometry, shape, *, n_chains: int, n_steps: int, lens_batch: int, likelihood: str,
-                 segments: int = 100):
+                 segments: int = 100, cg_maxiter: int = 200):
     """run(key, ys, lenses, sigmas, bar) -> samples [K, n_chains, H, W, C] for K observations.
 
     Observation k gives the samples of `sample_posterior(fold_in(key, k), ...)` (the same
@@ -85,7 +85,7 @@ def make_sampler(prior, geometry, shape, *, n_chains: int, n_steps: int, lens_ba
 
     def one_lens(key, x, y, lens, sigma_n, start):
         A, AT = lens_operator(lens, geometry)  # traced lens: Aᵀ by linear_transpose, no recompiling
-        post = posterior_score(score, make_likelihood(likelihood, y, A, AT, sigma_n), sde)
+        post = posterior_score(score, make_likelihood(likelihood, y, A, AT, sigma_n, cg_maxiter=cg_maxiter), sde)
         steps = start + jnp.arange(seg, dtype=jnp.int32)
 
         def chain(g, xi):
@@ -200,6 +200,7 @@ def main() -> None:
     ap.add_argument("--n-chains", type=int, default=16, help="posterior samples per observation (>= 2)")
     ap.add_argument("--n-steps", type=int, default=0, help="0: Technique 2 at the config's confidence")
     ap.add_argument("--prior-samples", type=int, default=500, help="prior samples and data images (part 3)")
+    ap.add_argument("--prior-steps", type=int, default=0, help="steps of the prior samples (0: N)")
     ap.add_argument("--prior-batch", type=int, default=16, help="prior chains per compiled call")
     ap.add_argument("--lens-batch", type=int, default=1,
                     help="observations per compiled call (raise on an accelerator; on CPU small batches run "
@@ -234,7 +235,7 @@ def main() -> None:
     padded = lambda k: math.ceil(k / lb) * lb  # noqa: E731
     evals = {"lenses": padded(args.lenses) * args.n_chains * n_steps,
              "noise sweep": padded(len(levels)) * args.n_chains * n_steps,
-             "prior": args.prior_samples * n_steps}
+             "prior": args.prior_samples * (args.prior_steps or n_steps)}
     rate = args.rate or eval_rate(prior, shape, lb * args.n_chains)
     total = sum(evals.values())
     print(f"N = {n_steps} steps (p(N) = {p_n:.3f}); network evaluations: "
@@ -281,7 +282,7 @@ def main() -> None:
 
     # 3. Prior vs data.
     prior_x = sample_prior(jax.random.fold_in(key, 2), prior.score_fn(), prior.sde, shape, args.prior_samples,
-                           n_steps, chunk_size=args.prior_batch, progress=True)[..., 0]
+                           args.prior_steps or n_steps, chunk_size=args.prior_batch, progress=True)[..., 0]
     finite = np.isfinite(prior_x).all(axis=(1, 2))
     if not finite.all():
         print(f"warning: {int((~finite).sum())} prior samples are not finite and are left out")
@@ -341,7 +342,7 @@ def main() -> None:
         _row(f"std inside / outside μ ≥ {args.mu_threshold:g}", ratios, "< 1 (paper)"),
         "", f"Lenses whose posterior std is lower in the high-magnification region: {below} of "
         f"{sum(np.isfinite(ratios))} with a non-empty region.", "",
-        f"**3. Prior vs data**: {len(prior_x)} prior samples vs {args.prior_samples} validation-seed "
+        f"**3. Prior vs data**: {len(prior_x)} prior samples ({args.prior_steps or n_steps} steps) vs {args.prior_samples} validation-seed "
         "procedural galaxies.", "",
         "| statistic | KS distance | median, prior | median, data |", "|---|---|---|---|",
         *(f"| {label.replace('|', '∣')} | {ks[name]:.3f} | {_q(getattr(prior_m, name), 50):.3g} | "

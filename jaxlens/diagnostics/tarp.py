@@ -19,6 +19,13 @@ bounding box): an over-confident (under-dispersed) posterior mostly lies below
 the diagonal, an under-confident (over-dispersed) one above it, and a biased
 one anywhere. `coverage_bias` = ∫ (ECP − α) dα = ½ − mean f summarises the
 direction: < 0 over-confident, > 0 under-confident.
+
+With `n_references` > 1 every simulation is tested against several reference
+points and ECP(α) is averaged over them. Each reference draw alone gives an
+unbiased curve, so the average is unbiased too; for image-sized D the f_i of
+different references are only weakly correlated, so averaging shrinks the
+scatter that one reference per simulation leaves (KS-like, ~1.36/√n_sims at
+95 %). The bootstrap still resamples whole simulations.
 """
 
 from __future__ import annotations
@@ -115,6 +122,16 @@ def tarp_statistic(samples, truths, *, key, norm: bool = True, references=None) 
     return _rank_fraction(s, t, r, lo, width, u)
 
 
+def _statistics(samples, truths, key, norm, references, n_references: int) -> jax.Array:
+    """f [n_references, n_sims]: `tarp_statistic` for independent reference draws."""
+    if int(n_references) != n_references or n_references < 1:
+        raise ValueError(f"n_references must be a positive integer, got {n_references}")
+    if references is not None and n_references != 1:
+        raise ValueError("give either explicit references or n_references > 1, not both")
+    keys = [_as_key(key)] if n_references == 1 else jax.random.split(_as_key(key), int(n_references))
+    return jnp.stack([tarp_statistic(samples, truths, key=k, norm=norm, references=references) for k in keys])
+
+
 def _alpha_grid(n_alpha: int) -> jax.Array:
     if int(n_alpha) != n_alpha or n_alpha < 1:
         raise ValueError(f"n_alpha must be a positive integer, got {n_alpha}")
@@ -122,7 +139,7 @@ def _alpha_grid(n_alpha: int) -> jax.Array:
 
 
 def tarp_coverage(
-    samples, truths, *, key, n_alpha: int = 100, norm: bool = True, references=None
+    samples, truths, *, key, n_alpha: int = 100, norm: bool = True, references=None, n_references: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """TARP expected coverage probability against credibility level.
 
@@ -133,14 +150,15 @@ def tarp_coverage(
       n_alpha: number of α intervals; the grid has n_alpha + 1 points on [0, 1].
       norm: see `tarp_statistic`.
       references: see `tarp_statistic`.
+      n_references: reference draws per simulation, averaged (module docstring).
 
     Returns:
       (alpha [n_alpha+1], ecp [n_alpha+1]) as numpy float arrays; ecp(0) = 0
       and ecp(1) = 1.
     """
     alpha = _alpha_grid(n_alpha)
-    f = tarp_statistic(samples, truths, key=key, norm=norm, references=references)
-    ecp = jnp.mean(f[:, None] < alpha[None, :], axis=0)
+    f = _statistics(samples, truths, key, norm, references, n_references)
+    ecp = jnp.mean(f[..., None] < alpha, axis=(0, 1))
     return np.asarray(alpha), np.asarray(ecp)
 
 
@@ -153,11 +171,13 @@ def tarp_bootstrap(
     norm: bool = True,
     n_bootstrap: int = 100,
     references=None,
+    n_references: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """TARP curve with a bootstrap over simulations.
 
     The simulations are resampled with replacement `n_bootstrap` times (the
-    references stay attached to their simulation).
+    references stay attached to their simulation). Arguments as in
+    `tarp_coverage`.
 
     Returns:
       (alpha [n_alpha+1], ecp mean [n_alpha+1], ecp std [n_alpha+1]).
@@ -166,9 +186,9 @@ def tarp_bootstrap(
         raise ValueError(f"n_bootstrap must be an integer ≥ 2, got {n_bootstrap}")
     alpha = _alpha_grid(n_alpha)
     k_stat, k_boot = jax.random.split(_as_key(key))
-    f = tarp_statistic(samples, truths, key=k_stat, norm=norm, references=references)
-    idx = jax.random.randint(k_boot, (int(n_bootstrap), f.shape[0]), 0, f.shape[0])
-    ecp = jnp.mean(f[idx][:, :, None] < alpha[None, None, :], axis=1)
+    f = _statistics(samples, truths, k_stat, norm, references, n_references)
+    idx = jax.random.randint(k_boot, (int(n_bootstrap), f.shape[1]), 0, f.shape[1])
+    ecp = jnp.mean(f[:, idx, None] < alpha, axis=(0, 2))
     return np.asarray(alpha), np.asarray(ecp.mean(axis=0)), np.asarray(ecp.std(axis=0, ddof=1))
 
 

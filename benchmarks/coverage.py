@@ -1,0 +1,211 @@
+"""TARP coverage of each likelihood mode with the shipped 64² prior (issue "calibration").
+
+  python benchmarks/coverage.py [--lenses 100] [--samples 2] [--n-steps 200] [--modes eq19,tweedie,dps]
+      [--references 64] [--workdir out/coverage] [--results benchmarks/RESULTS.md] [--figdir docs/coverage]
+
+Held-out simulated lenses (sources from held-out seeds, random SIE + shear, σ_n from the config)
+are sampled with every mode; samples are saved per mode under --workdir, so a rerun with the same
+settings skips the modes already done. For each mode it reports the TARP curve (Lemos et al.
+2023) in the source plane, its largest distance from the diagonal with a bootstrap error, the
+signed area (< 0 over-confident), the median χ²_ν, the per-sample source error, the number of
+non-finite samples, the cost per step in network evaluations and the wall time per sample.
+
+The noise floor: with n lenses even an exact sampler's curve strays from the diagonal by about
+1/√n. The script measures that floor on the same lenses by replacing the truth with one more
+posterior sample of the mode (exchangeable with the others, hence calibrated by construction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:0] = [REPO, HERE]
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from configs import procedural_64  # noqa: E402
+from jaxlens.cli import common  # noqa: E402
+from jaxlens.data import HELD_OUT_SEED_START, procedural_galaxy  # noqa: E402
+from jaxlens.diagnostics import (coverage_bias, coverage_plot, max_calibration_error, metrics,  # noqa: E402
+                                 tarp_bootstrap)
+from jaxlens.lensing import lens_operator  # noqa: E402
+from jaxlens.prior import load_prior  # noqa: E402
+from jaxlens.reconstruct import simulated_problem  # noqa: E402
+from jaxlens.sample import LIKELIHOOD_MODES, make_likelihood, posterior_score  # noqa: E402
+from jaxlens.sde import step_confidence  # noqa: E402
+from quality import machine, make_sampler, random_lenses  # noqa: E402
+
+HEADING = "## Coverage (TARP) at 64² (shipped prior)"
+SOURCE_OFFSET = 10_000  # held-out seeds not used by quality.py
+
+
+def step_cost(prior, term, shape, batch: int, t: float = 0.5) -> tuple[float, float]:
+    """(seconds per chain-step, network evaluations per step) of one posterior-score call at `batch`."""
+    score = prior.score_fn()
+    post = jax.jit(jax.vmap(posterior_score(score, term, prior.sde), in_axes=(0, None)))
+    net = jax.jit(jax.vmap(score, in_axes=(0, None)))
+    x, tt = 0.05 * jnp.ones((batch,) + shape), jnp.float32(t)
+
+    def timed(f, reps=3):
+        f(x, tt).block_until_ready()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            f(x, tt).block_until_ready()
+        return (time.perf_counter() - t0) / reps / batch
+
+    per_step, per_eval = timed(post), timed(net)
+    return per_step, per_step / per_eval
+
+
+def simulate(n: int, seed: int, geo, sigma_n: float):
+    lenses = random_lenses(n, seed + 1)
+    key = jax.random.key(seed)
+    return [simulated_problem(jax.random.fold_in(key, k),
+                              procedural_galaxy(HELD_OUT_SEED_START + SOURCE_OFFSET + k, geo.src_npix), lens, geo,
+                              sigma_n) for k, lens in tqdm(list(enumerate(lenses)), desc="simulating lenses")]
+
+
+def sample_mode(mode, prior, geo, shape, problems, args, settings) -> tuple[np.ndarray, float]:
+    """[n_lenses, samples + 1, H, W, C] posterior samples and the wall time; cached in --workdir."""
+    path = os.path.join(args.workdir, f"{mode}.npz")
+    if os.path.exists(path):
+        cached = np.load(path)
+        if json.loads(str(cached["settings"])) == settings:
+            print(f"{mode}: samples loaded from {path}")
+            return cached["samples"], float(cached["wall"])
+    run = make_sampler(prior, geo, shape, n_chains=args.samples + 1, n_steps=args.n_steps,
+                       lens_batch=args.lens_batch, likelihood=mode, cg_maxiter=args.cg_maxiter)
+    n = len(problems)
+    total = -(-n // args.lens_batch) * args.lens_batch * (args.samples + 1) * args.n_steps
+    t0 = time.perf_counter()
+    with tqdm(total=total, unit="chain-step", desc=mode) as bar:
+        samples = run(jax.random.key(args.seed + 7), [p.y for p in problems], [p.lens for p in problems],
+                      [p.sigma_n for p in problems], bar)
+    wall = time.perf_counter() - t0
+    os.makedirs(args.workdir, exist_ok=True)
+    np.savez(path, samples=samples, wall=wall, settings=json.dumps(settings))
+    return samples, wall
+
+
+def evaluate(samples, problems, geo, args) -> dict:
+    truths = np.stack([p.truth for p in problems])
+    finite = np.isfinite(samples).all(axis=tuple(range(1, samples.ndim)))
+    out = {"non_finite_lenses": int((~finite).sum())}
+    if finite.sum() < 2:
+        return out
+    s, t = samples[finite], truths[finite]
+    key = jax.random.key(args.seed + 11)
+    # The posterior proper is samples 1..S; sample 0 stands in for the truth in the noise-floor test.
+    curve = tarp_bootstrap(s[:, 1:], t, key=key, n_alpha=50, norm=False, n_references=args.references,
+                           n_bootstrap=200)
+    floor = tarp_bootstrap(s[:, 1:], s[:, 0], key=key, n_alpha=50, norm=False, n_references=args.references,
+                           n_bootstrap=200)
+    worst = int(np.argmax(np.abs(curve[1] - curve[0])))
+    chi2, err = [], []
+    for p, xs in zip([p for p, ok in zip(problems, finite) if ok], s[:, 1:]):
+        A, _ = lens_operator(p.lens, geo)
+        chi2.append(np.median(metrics.reduced_chi2(p.y[None] - np.asarray(jax.vmap(A)(jnp.asarray(xs))), p.sigma_n)))
+        err.append(np.median(np.linalg.norm((xs - p.truth).reshape(len(xs), -1), axis=1)
+                             / np.linalg.norm(p.truth)))
+    out.update(curve=curve, floor=floor, max_dev=max_calibration_error(curve[0], curve[1]),
+               max_dev_std=float(curve[2][worst]), floor_dev=max_calibration_error(floor[0], floor[1]),
+               bias=coverage_bias(curve[0], curve[1]), chi2=float(np.median(chi2)), err=float(np.median(err)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=os.path.join(REPO, "checkpoints", "procedural_64"))
+    ap.add_argument("--lenses", type=int, default=100)
+    ap.add_argument("--samples", type=int, default=2, help="posterior samples per lens for TARP (one more is "
+                                                           "drawn for the noise-floor test)")
+    ap.add_argument("--n-steps", type=int, default=200, help="Euler–Maruyama steps (≳110 for stability)")
+    ap.add_argument("--modes", default="eq19,tweedie,dps",
+                    help="comma list of mode or mode:n, n = how many of the lenses that mode runs (cost)")
+    ap.add_argument("--references", type=int, default=64, help="TARP reference draws per lens, averaged")
+    ap.add_argument("--lens-batch", type=int, default=16, help="lenses per compiled call")
+    ap.add_argument("--cg-maxiter", type=int, default=20, help="CG cap of 'eq12' and 'tweedie'")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default=os.path.join(REPO, "out", "coverage"))
+    ap.add_argument("--results", default=os.path.join(REPO, "benchmarks", "RESULTS.md"))
+    ap.add_argument("--figdir", default=os.path.join(REPO, "docs", "coverage"))
+    args = ap.parse_args()
+    modes = {}
+    for entry in filter(None, (m.strip() for m in args.modes.split(","))):
+        mode, _, n = entry.partition(":")
+        modes[mode] = min(int(n or args.lenses), args.lenses)
+    bad = [m for m, n in modes.items() if m not in LIKELIHOOD_MODES or n < 2]
+    if bad or not modes or args.lenses < 2 or args.samples < 1 or args.n_steps < 2:
+        raise SystemExit(f"need modes from {LIKELIHOOD_MODES} with >= 2 lenses each (bad: {bad or 'none'}), "
+                         "--lenses >= 2, --samples >= 1 and --n-steps >= 2")
+
+    config = procedural_64.get_config()
+    geo, sigma_n = common.geometry(config), float(config.lens.sigma_n)
+    prior = load_prior(args.checkpoint)
+    shape = tuple(int(v) for v in prior.meta["image_shape"])
+    p_n = step_confidence(args.n_steps, int(np.prod(shape)), prior.sde.sigma_min, prior.sde.sigma_max)
+    problems = simulate(args.lenses, args.seed, geo, sigma_n)
+    settings = dict(samples=args.samples, n_steps=args.n_steps, seed=args.seed,
+                    cg_maxiter=args.cg_maxiter, prior_step=prior.meta.get("step"))
+    A, AT = lens_operator(problems[0].lens, geo)
+    batch = args.lens_batch * (args.samples + 1)
+    rows, curves = [], {}
+    for mode, n in modes.items():
+        term = make_likelihood(mode, problems[0].y, A, AT, sigma_n, cg_maxiter=args.cg_maxiter)
+        per_step, evals = step_cost(prior, term, shape, batch)
+        samples, wall = sample_mode(mode, prior, geo, shape, problems[:n], args, dict(settings, lenses=n))
+        r = evaluate(samples, problems[:n], geo, args)
+        r.update(mode=mode, lenses=n, evals=evals, per_sample=wall / (n * (args.samples + 1)), per_step=per_step)
+        rows.append(r)
+        if "curve" in r:
+            curves[f"{mode} ({n} lenses)"] = r["curve"]
+        print({k: v for k, v in r.items() if k not in ("curve", "floor")}, flush=True)
+    floors = [r for r in rows if "floor" in r]
+    if floors:
+        curves["exchangeable check"] = floors[0]["floor"]
+    os.makedirs(args.figdir, exist_ok=True)
+    if curves:
+        coverage_plot(os.path.join(args.figdir, "tarp.png"), curves,
+                      title=f"TARP, {args.samples} samples per lens",)
+
+
+    def fmt(r, key, spec):
+        return format(r[key], spec) if key in r else "—"
+
+    figrel = os.path.relpath(args.figdir, os.path.dirname(os.path.abspath(args.results)))
+    lines = [
+        HEADING, "",
+        f"{datetime.date.today().isoformat()} — {machine()}. Prior `{os.path.relpath(args.checkpoint, REPO)}` "
+        f"(training step {prior.meta.get('step', '?')}); up to {args.lenses} held-out lenses at σ_n = {sigma_n:g}, "
+        f"{args.samples} posterior samples each (+1 for the noise floor), N = {args.n_steps} Euler–Maruyama steps "
+        f"(p(N) = {p_n:.2f}), CG cap {args.cg_maxiter}; TARP in the source plane, Euclidean distance in pixel "
+        f"units, {args.references} reference points per lens, ±: bootstrap std over lenses.", "",
+        f"Command: `python benchmarks/coverage.py {' '.join(sys.argv[1:])}`".replace("  ", " "), "",
+        "| mode | lenses | max \\|ECP − α\\| | signed area | noise floor (exchangeable) | χ²_ν median | source error "
+        "per sample | non-finite lenses | network evals / step | ms / chain-step | s / sample |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *(f"| {r['mode']} | {r['lenses']} | {fmt(r, 'max_dev', '.3f')} ± {fmt(r, 'max_dev_std', '.3f')} | {fmt(r, 'bias', '+.3f')} "
+          f"| {fmt(r, 'floor_dev', '.3f')} | {fmt(r, 'chi2', '.3f')} | {fmt(r, 'err', '.3f')} | "
+          f"{r['non_finite_lenses']} | {r['evals']:.1f} | {1e3 * r['per_step']:.1f} | {r['per_sample']:.1f} |"
+          for r in rows),
+        "", f"Figure: [tarp.png]({figrel}/tarp.png)", "",
+    ]
+    text = "\n".join(lines)
+    print("\n" + text)
+    with open(args.results, "a") as f:
+        f.write("\n" + text)
+    print(f"appended to {args.results}")
+
+
+if __name__ == "__main__":
+    main()
