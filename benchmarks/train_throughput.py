@@ -26,8 +26,9 @@ from jaxlens.sde import VESDE  # noqa: E402
 from jaxlens.train import OptimizerSpec, create_train_state, make_train_step  # noqa: E402
 
 
-def time_config(name: str, batch: int, repeats: int) -> dict:
+def time_config(name: str, batch: int, repeats: int, dtype: str = "float32") -> dict:
     config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
+    config.model.dtype = dtype
     model = common.build_model(config)
     n, c = config.data.npix, config.data.channels
     batch = batch or config.training.batch_size

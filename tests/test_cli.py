@@ -82,11 +82,17 @@ def test_bad_input_exits_nonzero_and_leaves_out_untouched(tmp_path, files):
         "noise map with zeros": [f"--observation={files['good']}", f"--noise={files['noise_zero']}"],
         "PSF not normalised": [f"--psf={files['psf_unnormalised']}"],
         "checkpoint of another resolution": [f"--config={os.path.join(REPO, 'configs', 'tiny.py')}"],
+        "bf16 network with the tweedie likelihood": ["--config.model.dtype=bfloat16",
+                                                     "--config.sampling.likelihood=tweedie"],
         "non-empty --out": [],
     }
+    fresh = tmp_path / "fresh"
     for why, args in cases.items():
-        r = _sample(f"--out={out}", *args, timeout=300)
+        # Every case but the last targets an --out that does not exist, so only its own error can stop it.
+        target = out if why == "non-empty --out" else fresh
+        r = _sample(f"--out={target}", *args, timeout=300)
         assert r.returncode == 2, (why, r.returncode, r.stderr[-2000:])
         assert r.stderr.strip().splitlines()[-1].startswith("error:"), (why, r.stderr[-2000:])
+        assert not fresh.exists(), why
         assert sorted(p.name for p in out.iterdir()) == ["keep.txt"], why
         assert sentinel.read_text() == "previous results", why

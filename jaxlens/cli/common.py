@@ -119,6 +119,11 @@ def sampling_options(config: ml_collections.ConfigDict):
     from jaxlens.reconstruct import SamplingOptions
 
     s = config.sampling
+    if config.model.dtype == "bfloat16" and s.likelihood in ("tweedie", "dps"):
+        # Their Tweedie mean x + σ² s(x) cancels x at large σ, so the network's bf16 rounding,
+        # multiplied by σ², swamps ∂m/∂x (tests/test_precision.py shows the samples blow up).
+        raise ValueError(f"sampling.likelihood={s.likelihood!r} differentiates the prior and needs "
+                         "model.dtype='float32'; bfloat16 is supported with 'eq19' and 'eq12'")
     return SamplingOptions(
         n_chains=s.n_chains, n_steps=s.n_steps, confidence=s.confidence, likelihood=s.likelihood,
         cg_tol=s.cg_tol, cg_maxiter=s.cg_maxiter, solver=s.solver, snr=s.snr, denoise=s.denoise,

@@ -1,0 +1,31 @@
+"""The GPU throughput benchmark runs end to end (tiny config, CPU devices), so the device session
+that times it at 256² does not spend its minutes on a broken script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_sampler_throughput_script(tmp_path):
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "sampler_throughput.py"), "--config=tiny",
+                        "--batches=2", "--steps=2", "--repeats=1", "--train-batch=8", f"--json={out}"],
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["local_devices"] == jax.local_device_count() == 8  # chains sharded over every local device
+    assert [(s["precision"], s["chains_per_device"]) for s in res["sampler"]] == [
+        ("float32", 2), ("bfloat16", 2)]
+    for s in res["sampler"]:
+        assert s["evals_per_s"] > 0 and 0 < s["likelihood_share"] < 1 and s["gflop_per_eval"] > 0
+        assert abs(s["evals_per_s"] - 8 * s["chains_per_device"] / s["s_per_step"]) < 1e-6 * s["evals_per_s"]
+    assert [t["precision"] for t in res["train"]] == ["float32", "bfloat16"]
+    assert all(t["images_per_s"] > 0 and t["batch"] == 8 for t in res["train"])
+    assert "| precision | chains/device |" in r.stdout
