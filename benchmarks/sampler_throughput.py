@@ -70,7 +70,7 @@ def _peak_bytes() -> float:
 class Problem:
     """A random-parameter prior, a lens and an observation for one config and precision."""
 
-    def __init__(self, config, precision: str):
+    def __init__(self, config, precision: str, likelihood: str = "eq19", cg_maxiter: int = 5):
         config.model.dtype = precision
         self.model = common.build_model(config)
         n, c = config.data.npix, config.data.channels
@@ -85,7 +85,7 @@ class Problem:
         source = jax.random.uniform(jax.random.key(1), self.shape)
         sigma_n = float(config.lens.sigma_n)
         y = A(source) + sigma_n * jax.random.normal(jax.random.key(2), A(source).shape)
-        self.term = make_likelihood("eq19", y, A, AT, sigma_n)
+        self.term = make_likelihood(likelihood, y, A, AT, sigma_n, cg_maxiter=cg_maxiter)
         self.score = network_score_fn(self.model, self.params, self.sde)
         self.mesh = data_mesh(jax.local_devices())
 
@@ -103,7 +103,8 @@ class Problem:
 
         @jax.jit
         def likelihood(x):
-            return jax.vmap(lambda xi: self.term(None, xi, jnp.float32(0.5), self.sde))(x)
+            # The likelihood term alone (with the Tweedie modes it includes their network products).
+            return jax.vmap(lambda xi: self.term(self.score, xi, jnp.float32(0.5), self.sde))(x)
 
         net = jax.jit(jax.vmap(self.score, in_axes=(0, None)))
         keys = jax.device_put(jax.random.split(jax.random.key(3), batch), sharded)
@@ -123,6 +124,8 @@ def main() -> None:
     ap.add_argument("--config", default="paper_probes_256")
     ap.add_argument("--batches", default="8,32,128,256", help="chains per device (comma list)")
     ap.add_argument("--precisions", default="float32,bfloat16")
+    ap.add_argument("--likelihood", default="eq19", help="eq19 (the paper's), eq12, tweedie or dps")
+    ap.add_argument("--cg-maxiter", type=int, default=5, help="CG cap of eq12 and tweedie")
     ap.add_argument("--steps", type=int, default=8, help="EM steps per timed call (one lax.scan)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-batch", type=int, default=32, help="global batch of the training step (0: skip)")
@@ -136,11 +139,11 @@ def main() -> None:
     dev = jax.local_devices()[0]
     header = {"date": datetime.date.today().isoformat(), "device": dev.device_kind,
               "platform": jax.default_backend(), "local_devices": jax.local_device_count(),
-              "jax": jax.__version__, "config": args.config}
+              "jax": jax.__version__, "config": args.config, "likelihood": args.likelihood}
     print(json.dumps(header))
     rows = []
     for precision in precisions:
-        problem = Problem(get(), precision)
+        problem = Problem(get(), precision, args.likelihood, args.cg_maxiter)
         header["params"] = param_count(problem.model, problem.shape[0], problem.shape[-1])
         for b in batches:
             try:

@@ -1,0 +1,19 @@
+#!/bin/bash
+# One device call for the GPU-speed issue: every measurement, results under $OUT.
+#
+# The device image has jax, flax, optax, orbax and chex but not ml_collections; carry its wheel in
+# .whl/ (listed in .git/info/exclude), e.g. here:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml_collections
+# then run this script from the repository root with carry=[".whl"] and a timeout of 600 s.
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-out/gpu}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+# The paper's step (eq. 19) in both precisions, then the tweedie step's cost in float32.
+timeout 380 python3 benchmarks/sampler_throughput.py --batches 8,32,128,256 --json "$OUT/eq19.json" 2>&1 \
+  | tee "$OUT/eq19.log"
+timeout 150 python3 benchmarks/sampler_throughput.py --likelihood tweedie --precisions float32 --batches 32 \
+  --train-batch 0 --json "$OUT/tweedie.json" 2>&1 | tee "$OUT/tweedie.log"
