@@ -75,7 +75,7 @@ def simulate(n: int, seed: int, geo, sigma_n: float):
                               sigma_n) for k, lens in tqdm(list(enumerate(lenses)), desc="simulating lenses")]
 
 
-def sample_mode(mode, prior, geo, shape, problems, args, settings) -> tuple[np.ndarray, float]:
+def sample_mode(mode, prior, geo, shape, problems, n_steps, args, settings) -> tuple[np.ndarray, float]:
     """[n_lenses, samples + 1, H, W, C] posterior samples and the wall time; cached in --workdir."""
     path = os.path.join(args.workdir, f"{mode}.npz")
     if os.path.exists(path):
@@ -83,10 +83,10 @@ def sample_mode(mode, prior, geo, shape, problems, args, settings) -> tuple[np.n
         if json.loads(str(cached["settings"])) == settings:
             print(f"{mode}: samples loaded from {path}")
             return cached["samples"], float(cached["wall"])
-    run = make_sampler(prior, geo, shape, n_chains=args.samples + 1, n_steps=args.n_steps,
+    run = make_sampler(prior, geo, shape, n_chains=args.samples + 1, n_steps=n_steps,
                        lens_batch=args.lens_batch, likelihood=mode, cg_maxiter=args.cg_maxiter)
     n = len(problems)
-    total = -(-n // args.lens_batch) * args.lens_batch * (args.samples + 1) * args.n_steps
+    total = -(-n // args.lens_batch) * args.lens_batch * (args.samples + 1) * n_steps
     t0 = time.perf_counter()
     with tqdm(total=total, unit="chain-step", desc=mode) as bar:
         samples = run(jax.random.key(args.seed + 7), [p.y for p in problems], [p.lens for p in problems],
@@ -131,7 +131,8 @@ def main() -> None:
                                                            "drawn for the noise-floor test)")
     ap.add_argument("--n-steps", type=int, default=200, help="Euler–Maruyama steps (≳110 for stability)")
     ap.add_argument("--modes", default="eq19,tweedie,dps",
-                    help="comma list of mode or mode:n, n = how many of the lenses that mode runs (cost)")
+                    help="comma list of mode[:n[:steps]]: n = how many of the lenses that mode runs, steps = its "
+                         "own step count (both for cost)")
     ap.add_argument("--references", type=int, default=64, help="TARP reference draws per lens, averaged")
     ap.add_argument("--lens-batch", type=int, default=16, help="lenses per compiled call")
     ap.add_argument("--cg-maxiter", type=int, default=20, help="CG cap of 'eq12' and 'tweedie'")
@@ -142,9 +143,9 @@ def main() -> None:
     args = ap.parse_args()
     modes = {}
     for entry in filter(None, (m.strip() for m in args.modes.split(","))):
-        mode, _, n = entry.partition(":")
-        modes[mode] = min(int(n or args.lenses), args.lenses)
-    bad = [m for m, n in modes.items() if m not in LIKELIHOOD_MODES or n < 2]
+        mode, n, steps = (entry.split(":") + ["", ""])[:3]
+        modes[mode] = (min(int(n or args.lenses), args.lenses), int(steps or args.n_steps))
+    bad = [m for m, (n, steps) in modes.items() if m not in LIKELIHOOD_MODES or n < 2 or steps < 2]
     if bad or not modes or args.lenses < 2 or args.samples < 1 or args.n_steps < 2:
         raise SystemExit(f"need modes from {LIKELIHOOD_MODES} with >= 2 lenses each (bad: {bad or 'none'}), "
                          "--lenses >= 2, --samples >= 1 and --n-steps >= 2")
@@ -153,22 +154,24 @@ def main() -> None:
     geo, sigma_n = common.geometry(config), float(config.lens.sigma_n)
     prior = load_prior(args.checkpoint)
     shape = tuple(int(v) for v in prior.meta["image_shape"])
-    p_n = step_confidence(args.n_steps, int(np.prod(shape)), prior.sde.sigma_min, prior.sde.sigma_max)
     problems = simulate(args.lenses, args.seed, geo, sigma_n)
-    settings = dict(samples=args.samples, n_steps=args.n_steps, seed=args.seed,
+    settings = dict(samples=args.samples, seed=args.seed,
                     cg_maxiter=args.cg_maxiter, prior_step=prior.meta.get("step"))
     A, AT = lens_operator(problems[0].lens, geo)
     batch = args.lens_batch * (args.samples + 1)
     rows, curves = [], {}
-    for mode, n in modes.items():
+    for mode, (n, n_steps) in modes.items():
         term = make_likelihood(mode, problems[0].y, A, AT, sigma_n, cg_maxiter=args.cg_maxiter)
         per_step, evals = step_cost(prior, term, shape, batch)
-        samples, wall = sample_mode(mode, prior, geo, shape, problems[:n], args, dict(settings, lenses=n))
+        samples, wall = sample_mode(mode, prior, geo, shape, problems[:n], n_steps, args,
+                                    dict(settings, lenses=n, n_steps=n_steps))
         r = evaluate(samples, problems[:n], geo, args)
-        r.update(mode=mode, lenses=n, evals=evals, per_sample=wall / (n * (args.samples + 1)), per_step=per_step)
+        per_chain_step = wall / (n * (args.samples + 1) * n_steps)
+        r.update(mode=mode, lenses=n, n_steps=n_steps, evals=evals, per_sample=wall / (n * (args.samples + 1)), per_step=per_step,
+                 evals_run=per_chain_step / (per_step / evals))
         rows.append(r)
         if "curve" in r:
-            curves[f"{mode} ({n} lenses)"] = r["curve"]
+            curves[f"{mode} ({n} lenses, N = {n_steps})"] = r["curve"]
         print({k: v for k, v in r.items() if k not in ("curve", "floor")}, flush=True)
     floors = [r for r in rows if "floor" in r]
     if floors:
@@ -182,21 +185,24 @@ def main() -> None:
     def fmt(r, key, spec):
         return format(r[key], spec) if key in r else "—"
 
+    def p_of(n_steps):
+        return step_confidence(n_steps, int(np.prod(shape)), prior.sde.sigma_min, prior.sde.sigma_max)
+
     figrel = os.path.relpath(args.figdir, os.path.dirname(os.path.abspath(args.results)))
     lines = [
         HEADING, "",
         f"{datetime.date.today().isoformat()} — {machine()}. Prior `{os.path.relpath(args.checkpoint, REPO)}` "
         f"(training step {prior.meta.get('step', '?')}); up to {args.lenses} held-out lenses at σ_n = {sigma_n:g}, "
-        f"{args.samples} posterior samples each (+1 for the noise floor), N = {args.n_steps} Euler–Maruyama steps "
-        f"(p(N) = {p_n:.2f}), CG cap {args.cg_maxiter}; TARP in the source plane, Euclidean distance in pixel "
+        f"{args.samples} posterior samples each (+1 for the noise floor), N Euler–Maruyama steps (p(N): "
+        f"Technique 2's confidence), CG cap {args.cg_maxiter}; TARP in the source plane, Euclidean distance in pixel "
         f"units, {args.references} reference points per lens, ±: bootstrap std over lenses.", "",
         f"Command: `python benchmarks/coverage.py {' '.join(sys.argv[1:])}`".replace("  ", " "), "",
-        "| mode | lenses | max \\|ECP − α\\| | signed area | noise floor (exchangeable) | χ²_ν median | source error "
-        "per sample | non-finite lenses | network evals / step | ms / chain-step | s / sample |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        *(f"| {r['mode']} | {r['lenses']} | {fmt(r, 'max_dev', '.3f')} ± {fmt(r, 'max_dev_std', '.3f')} | {fmt(r, 'bias', '+.3f')} "
+        "| mode | lenses | N (p(N)) | max \\|ECP − α\\| | signed area | noise floor (exchangeable) | χ²_ν median | source error "
+        "per sample | non-finite lenses | network evals / step at t = 0.5 | over the run | s / sample |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *(f"| {r['mode']} | {r['lenses']} | {r['n_steps']} ({p_of(r['n_steps']):.2f}) | {fmt(r, 'max_dev', '.3f')} ± {fmt(r, 'max_dev_std', '.3f')} | {fmt(r, 'bias', '+.3f')} "
           f"| {fmt(r, 'floor_dev', '.3f')} | {fmt(r, 'chi2', '.3f')} | {fmt(r, 'err', '.3f')} | "
-          f"{r['non_finite_lenses']} | {r['evals']:.1f} | {1e3 * r['per_step']:.1f} | {r['per_sample']:.1f} |"
+          f"{r['non_finite_lenses']} | {r['evals']:.1f} | {r['evals_run']:.1f} | {r['per_sample']:.1f} |"
           for r in rows),
         "", f"Figure: [tarp.png]({figrel}/tarp.png)", "",
     ]
