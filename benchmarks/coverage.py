@@ -43,7 +43,7 @@ from jaxlens.prior import load_prior  # noqa: E402
 from jaxlens.reconstruct import simulated_problem  # noqa: E402
 from jaxlens.sample import LIKELIHOOD_MODES, make_likelihood, posterior_score  # noqa: E402
 from jaxlens.sde import step_confidence  # noqa: E402
-from quality import machine, make_sampler, random_lenses  # noqa: E402
+from quality import machine, make_sampler, random_lenses, seconds_per_state  # noqa: E402
 
 HEADING = "## Coverage (TARP) at 64² (shipped prior)"
 SOURCE_OFFSET = 10_000  # held-out seeds not used by quality.py
@@ -55,16 +55,8 @@ def step_cost(prior, term, shape, batch: int, t: float = 0.5) -> tuple[float, fl
     post = jax.jit(jax.vmap(posterior_score(score, term, prior.sde), in_axes=(0, None)))
     net = jax.jit(jax.vmap(score, in_axes=(0, None)))
     x, tt = 0.05 * jnp.ones((batch,) + shape), jnp.float32(t)
-
-    def timed(f, reps=3):
-        f(x, tt).block_until_ready()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            f(x, tt).block_until_ready()
-        return (time.perf_counter() - t0) / reps / batch
-
-    per_step, per_eval = timed(post), timed(net)
-    return per_step, per_step / per_eval
+    per_step = seconds_per_state(post, x, tt)
+    return per_step, per_step / seconds_per_state(net, x, tt)
 
 
 def simulate(n: int, seed: int, geo, sigma_n: float):

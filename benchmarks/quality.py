@@ -124,15 +124,19 @@ def make_sampler(prior, geometry, shape, *, n_chains: int, n_steps: int, lens_ba
     return run
 
 
+def seconds_per_state(fn, x, t, reps: int = 3) -> float:
+    """Wall time of a jitted batched score fn(x [B, ...], t) per state, after a warm-up call."""
+    fn(x, t).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn(x, t).block_until_ready()
+    return (time.perf_counter() - t0) / reps / x.shape[0]
+
+
 def eval_rate(prior, shape, batch: int) -> float:
     """Measured network evaluations per second at the sampler's batch size."""
     score = jax.jit(jax.vmap(prior.score_fn(), in_axes=(0, None)))
-    x, t = jnp.ones((batch,) + shape), jnp.float32(0.5)
-    score(x, t).block_until_ready()
-    t0, reps = time.perf_counter(), 3
-    for _ in range(reps):
-        score(x, t).block_until_ready()
-    return reps * batch / (time.perf_counter() - t0)
+    return 1.0 / seconds_per_state(score, jnp.ones((batch,) + shape), jnp.float32(0.5))
 
 
 def _new_fig(w, h):

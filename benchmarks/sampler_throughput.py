@@ -84,10 +84,14 @@ class Problem:
         A, AT = lens_operator(common.lens_params(config), geo)
         source = jax.random.uniform(jax.random.key(1), self.shape)
         sigma_n = float(config.lens.sigma_n)
-        y = A(source) + sigma_n * jax.random.normal(jax.random.key(2), A(source).shape)
+        clean = A(source)
+        y = clean + sigma_n * jax.random.normal(jax.random.key(2), clean.shape)
         self.term = make_likelihood(likelihood, y, A, AT, sigma_n, cg_maxiter=cg_maxiter)
         self.score = network_score_fn(self.model, self.params, self.sde)
         self.mesh = data_mesh(jax.local_devices())
+        # FLOPs grow linearly with the batch, so one image's count serves every batch size.
+        net = jax.jit(jax.vmap(self.score, in_axes=(0, None)))
+        self.flops_per_eval = _flops(net, jax.ShapeDtypeStruct((1,) + self.shape, jnp.float32), jnp.float32(0.5))
 
     def measure(self, per_device: int, steps: int, repeats: int) -> dict:
         n_dev = self.mesh.devices.size
@@ -106,12 +110,11 @@ class Problem:
             # The likelihood term alone (with the Tweedie modes it includes their network products).
             return jax.vmap(lambda xi: self.term(self.score, xi, jnp.float32(0.5), self.sde))(x)
 
-        net = jax.jit(jax.vmap(self.score, in_axes=(0, None)))
         keys = jax.device_put(jax.random.split(jax.random.key(3), batch), sharded)
         x = jax.device_put(jax.random.normal(jax.random.key(4), (batch,) + self.shape), sharded)
         t_step = _median_time(lambda: run(keys, x), repeats) / steps
         t_lik = _median_time(lambda: likelihood(x), repeats)
-        flops = _flops(net, x, jnp.float32(0.5)) / batch
+        flops = self.flops_per_eval
         evals = batch / t_step
         return {"chains_per_device": per_device, "devices": n_dev, "s_per_step": t_step,
                 "evals_per_s": evals, "evals_per_s_per_device": evals / n_dev,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pytest
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +27,8 @@ from jaxlens.diagnostics import metrics
 from jaxlens.lensing import lens_operator
 from jaxlens.prior import load_prior
 from jaxlens.reconstruct import simulated_problem
-from jaxlens.sample import (dense_operator, gaussian_em_moments, gaussian_prior_sample, sample_posterior,
-                            smooth_gaussian_prior)
-from test_sample import GEOM, LENS, MC_MAX, MC_RMS, SDE, SHAPE, _zscores
+from jaxlens.sample import gaussian_em_moments, sample_posterior, smooth_gaussian_prior
+from test_sample import MC_MAX, MC_RMS, SDE, SHAPE, _observe, _zscores, lens  # noqa: F401 (lens: a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKPOINT = os.path.join(REPO, "checkpoints", "procedural_64")
@@ -50,18 +48,12 @@ def _bf16_gaussian_score(prior):
     return score
 
 
-def _gaussian_run(mode, sigma_n, n_steps, score_of_prior):
+def _gaussian_run(lens, mode, sigma_n, n_steps, score_of_prior):
     # A well-conditioned Σ (condition number ~500 rather than the default ~25000): bf16 operands carry
     # 3 significant digits, so an ill-conditioned dense Σ⁻¹ is not a model of the network's rounding.
     prior = smooth_gaussian_prior(SHAPE, jitter=0.05)
-    A, _ = lens_operator(LENS, GEOM)
-    M = dense_operator(A, SHAPE)
-    mj = jnp.asarray(M, jnp.float32)
-    Ad = lambda x: (mj @ x.reshape(-1)).reshape(GEOM.img_shape + (1,))  # noqa: E731
-    ATd = lambda y: (mj.T @ y.reshape(-1)).reshape(SHAPE)  # noqa: E731
-    x = np.asarray(gaussian_prior_sample(jax.random.key(5), prior, 1)[0], np.float64)
-    y = ((M @ x.ravel()).reshape(GEOM.img_shape + (1,))
-         + sigma_n * np.random.default_rng(5).standard_normal(GEOM.img_shape + (1,))).astype(np.float32)
+    _, _, M, Ad, ATd = lens
+    y = _observe(prior, M, sigma_n)
     law_mu, law_cov = gaussian_em_moments(prior, M, y, sigma_n, SDE, n_steps, likelihood=mode)
     samples = sample_posterior(jax.random.key(1), score_of_prior(prior), y, Ad, ATd, sigma_n, SDE, 128,
                                n_steps, likelihood=mode, cg_maxiter=100, progress=False)
@@ -72,16 +64,16 @@ def _gaussian_run(mode, sigma_n, n_steps, score_of_prior):
     return rms_z, rms_r, np.abs(z).max(), np.abs(r).max()
 
 
-def test_bf16_score_keeps_the_eq19_gaussian_posterior():
-    rms_z, rms_r, max_z, max_r = _gaussian_run("eq19", 0.5, 200, _bf16_gaussian_score)
+def test_bf16_score_keeps_the_eq19_gaussian_posterior(lens):
+    rms_z, rms_r, max_z, max_r = _gaussian_run(lens, "eq19", 0.5, 200, _bf16_gaussian_score)
     assert rms_z < MC_RMS and max_z < MC_MAX and rms_r < MC_RMS and max_r < MC_MAX
 
 
-def test_bf16_breaks_the_tweedie_moments_so_the_cli_refuses_it():
+def test_bf16_breaks_the_tweedie_moments_so_the_cli_refuses_it(lens):
     """m = x + σ² s(x) cancels x at large σ; bf16 rounding of s, times σ², swamps ∂m/∂x and
     makes A C Aᵀ indefinite. The same run with a float32 score is exact (test_sample.py), so
     bin/sample refuses bf16 with 'tweedie' and 'dps' (test_cli.py)."""
-    rms_z, _, _, _ = _gaussian_run("tweedie", 0.05, 64, _bf16_gaussian_score)
+    rms_z, _, _, _ = _gaussian_run(lens, "tweedie", 0.05, 64, _bf16_gaussian_score)
     assert not rms_z < 10 * MC_RMS  # NaN or far off: not a marginal effect
 
 
@@ -90,10 +82,10 @@ def test_bf16_shipped_prior_keeps_chi2():
     from jaxlens.cli import common
 
     config = procedural_64.get_config()
-    geo, lens, sigma_n = common.geometry(config), common.lens_params(config), float(config.lens.sigma_n)
+    geo, lens_p, sigma_n = common.geometry(config), common.lens_params(config), float(config.lens.sigma_n)
     problem = simulated_problem(jax.random.key(3), procedural_galaxy(HELD_OUT_SEED_START + 7, geo.src_npix),
-                                lens, geo, sigma_n)
-    A, AT = lens_operator(lens, geo)
+                                lens_p, geo, sigma_n)
+    A, AT = lens_operator(lens_p, geo)
     out = {}
     for dtype in (jnp.float32, jnp.bfloat16):
         prior = load_prior(CHECKPOINT, dtype=dtype)
