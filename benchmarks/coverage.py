@@ -5,7 +5,7 @@
 
 Held-out simulated lenses (sources from held-out seeds, random SIE + shear, σ_n from the config)
 are sampled with every mode; samples are saved per mode under --workdir, so a rerun with the same
-settings skips the modes already done. For each mode it reports the TARP curve (Lemos et al.
+settings reuses them and runs only the lenses not yet done. For each mode it reports the TARP curve (Lemos et al.
 2023) in the source plane, its largest distance from the diagonal with a bootstrap error, the
 signed area (< 0 over-confident), the median χ²_ν, the per-sample source error, the number of
 non-finite samples, the cost per step in network evaluations and the wall time per sample.
@@ -68,24 +68,35 @@ def simulate(n: int, seed: int, geo, sigma_n: float):
 
 
 def sample_mode(mode, prior, geo, shape, problems, n_steps, args, settings) -> tuple[np.ndarray, float]:
-    """[n_lenses, samples + 1, H, W, C] posterior samples and the wall time; cached in --workdir."""
+    """[n_lenses, samples + 1, H, W, C] posterior samples and the wall time, cached in --workdir.
+
+    Lens k's samples depend only on k (see quality.make_sampler), so a cache made with fewer
+    lenses is extended rather than redone, and the cache is saved after every lens batch: a long
+    run that is stopped resumes where it was.
+    """
     path = os.path.join(args.workdir, f"{mode}.npz")
+    samples, wall = np.zeros((0, args.samples + 1) + shape, np.float32), 0.0
     if os.path.exists(path):
         cached = np.load(path)
-        if json.loads(str(cached["settings"])) == settings:
-            print(f"{mode}: samples loaded from {path}")
-            return cached["samples"], float(cached["wall"])
+        kept = json.loads(str(cached["settings"]))
+        if {k: v for k, v in kept.items() if k != "lenses"} == settings:
+            samples, wall = cached["samples"][: len(problems)], float(cached["wall"])
+            wall *= len(samples) / len(cached["samples"])
+            print(f"{mode}: {len(samples)} of {len(problems)} lenses' samples loaded from {path}")
+    if len(samples) == len(problems):
+        return samples, wall
     run = make_sampler(prior, geo, shape, n_chains=args.samples + 1, n_steps=n_steps,
                        lens_batch=args.lens_batch, likelihood=mode, cg_maxiter=args.cg_maxiter)
-    n = len(problems)
-    total = -(-n // args.lens_batch) * args.lens_batch * (args.samples + 1) * n_steps
-    t0 = time.perf_counter()
-    with tqdm(total=total, unit="chain-step", desc=mode) as bar:
-        samples = run(jax.random.key(args.seed + 7), [p.y for p in problems], [p.lens for p in problems],
-                      [p.sigma_n for p in problems], bar)
-    wall = time.perf_counter() - t0
-    os.makedirs(args.workdir, exist_ok=True)
-    np.savez(path, samples=samples, wall=wall, settings=json.dumps(settings))
+    todo = problems[len(samples):]
+    with tqdm(total=len(todo) * (args.samples + 1) * n_steps, unit="chain-step", desc=mode) as bar:
+        for b in range(0, len(todo), args.lens_batch):
+            part = todo[b : b + args.lens_batch]
+            t0 = time.perf_counter()
+            new = run(jax.random.key(args.seed + 7), [p.y for p in part], [p.lens for p in part],
+                      [p.sigma_n for p in part], bar, first=len(samples))
+            samples, wall = np.concatenate([samples, new]), wall + time.perf_counter() - t0
+            os.makedirs(args.workdir, exist_ok=True)
+            np.savez(path, samples=samples, wall=wall, settings=json.dumps(dict(settings, lenses=len(samples))))
     return samples, wall
 
 
@@ -156,7 +167,7 @@ def main() -> None:
         term = make_likelihood(mode, problems[0].y, A, AT, sigma_n, cg_maxiter=args.cg_maxiter)
         per_step, evals = step_cost(prior, term, shape, batch)
         samples, wall = sample_mode(mode, prior, geo, shape, problems[:n], n_steps, args,
-                                    dict(settings, lenses=n, n_steps=n_steps))
+                                    dict(settings, n_steps=n_steps))
         r = evaluate(samples, problems[:n], geo, args)
         per_chain_step = wall / (n * (args.samples + 1) * n_steps)
         r.update(mode=mode, lenses=n, n_steps=n_steps, evals=evals, per_sample=wall / (n * (args.samples + 1)), per_step=per_step,

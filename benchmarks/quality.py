@@ -74,11 +74,11 @@ def random_lenses(n: int, seed: int) -> list[LensParams]:
 
 def make_sampler(prior, geometry, shape, *, n_chains: int, n_steps: int, lens_batch: int, likelihood: str,
                  segments: int = 100, cg_maxiter: int = 200):
-    """run(key, ys, lenses, sigmas, bar) -> samples [K, n_chains, H, W, C] for K observations.
+    """run(key, ys, lenses, sigmas, bar, first=0) -> samples [K, n_chains, H, W, C] for K observations.
 
-    Observation k gives the samples of `sample_posterior(fold_in(key, k), ...)` (the same
-    keys per chain) whatever the batching; the last batch is padded by repeating an
-    observation so that every call has the compiled shape.
+    Observation k gives the samples of `sample_posterior(fold_in(key, first + k), ...)` (the same
+    keys per chain) whatever the batching, so a long run can be done in pieces; the last batch is
+    padded by repeating an observation so that every call has the compiled shape.
     """
     sde, score = prior.sde, prior.score_fn()
     seg = math.ceil(n_steps / segments)
@@ -103,13 +103,13 @@ def make_sampler(prior, geometry, shape, *, n_chains: int, n_steps: int, lens_ba
 
         return jax.vmap(chain)(jnp.arange(n_chains))
 
-    def run(key, ys, lenses, sigmas, bar):
+    def run(key, ys, lenses, sigmas, bar, first: int = 0):
         k = len(ys)
         idx = list(range(k)) + [k - 1] * (-k % lens_batch)
         out = []
         for b in range(0, len(idx), lens_batch):
             sel = idx[b : b + lens_batch]
-            keys = jnp.stack([jax.random.fold_in(key, i) for i in sel])
+            keys = jnp.stack([jax.random.fold_in(key, first + i) for i in sel])
             x = jax.vmap(init)(keys)
             y = jnp.stack([jnp.asarray(ys[i], jnp.float32) for i in sel])
             lens = LensParams(*(jnp.asarray([getattr(lenses[i], f) for i in sel], jnp.float32)
