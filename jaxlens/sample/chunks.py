@@ -1,7 +1,7 @@
 """Resumable on-disk storage of sample chunks: a manifest plus one npz per chunk.
 
-Layout of ``out_dir`` (the chunk names match `jaxlens.io.chunk_path`, so
-`jaxlens.io.load_chunks` reads them too)::
+Layout of ``out_dir`` (`jaxlens.io.prepare_out_dir(..., overwrite=True)` removes exactly
+these files)::
 
     chunks/manifest.json      settings of the run and their hash
     chunks/chunk_00000.npz    'samples' [m, H, W, C], 'indices' [m] global chain indices, 'settings_hash'
