@@ -2,6 +2,7 @@
 
   python benchmarks/sampler_throughput.py [--config paper_probes_256] [--batches 8,32,128,256]
       [--precisions float32,bfloat16] [--steps 8] [--repeats 3] [--train-batch 32] [--json results.json]
+      [--flops-only]
 
 One step is what `sample_posterior` runs: the NCSN++ prior score plus the paper's convolved
 likelihood (eq. 19) through the config's lens operator (256² source → 128² image for the paper
@@ -14,6 +15,9 @@ own), the model FLOP rate (XLA's cost analysis of one network evaluation × eval
 peak device memory (accelerators only). Then the DSM training step in images/s. Every timing is
 after a warm-up, with `block_until_ready`, the median of --repeats. A batch that does not fit is
 reported as such and the sweep goes on. Results are printed as markdown and written to --json.
+
+--flops-only stops after XLA's cost analysis of one network evaluation per precision: no timing,
+so it runs on any CPU and checks that the network does the paper's ~530 GFLOP per image and no more.
 """
 
 from __future__ import annotations
@@ -133,6 +137,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-batch", type=int, default=32, help="global batch of the training step (0: skip)")
     ap.add_argument("--json", default="", help="write the results here")
+    ap.add_argument("--flops-only", action="store_true", help="only the FLOPs of one evaluation per precision")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
@@ -148,6 +153,10 @@ def main() -> None:
     for precision in precisions:
         problem = Problem(get(), precision, args.likelihood, args.cg_maxiter)
         header["params"] = param_count(problem.model, problem.shape[0], problem.shape[-1])
+        if args.flops_only:
+            rows.append({"precision": precision, "gflop_per_eval": problem.flops_per_eval / 1e9})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
         for b in batches:
             try:
                 r = problem.measure(b, args.steps, args.repeats)
@@ -160,7 +169,7 @@ def main() -> None:
             rows.append({"precision": precision, **r})
             print(json.dumps(rows[-1]), flush=True)
     train = []
-    if args.train_batch:
+    if args.train_batch and not args.flops_only:
         for precision in precisions:
             train.append({"precision": precision, **time_config(args.config, args.train_batch, args.repeats,
                                                                    dtype=precision)})
@@ -171,8 +180,10 @@ def main() -> None:
     print("| precision | chains/device | evals/s/device | likelihood share | GFLOP/eval | TFLOP/s | peak GiB |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        if "error" in r:
-            print(f"| {r['precision']} | {r['chains_per_device']} | {r['error']} | | | | |")
+        if "s_per_step" not in r:  # out of memory, or --flops-only
+            gflop = f"{r['gflop_per_eval']:.4g}" if "gflop_per_eval" in r else ""
+            print(f"| {r['precision']} | {r.get('chains_per_device', '—')} | {r.get('error', 'not timed')} | "
+                  f"| {gflop} | | |")
             continue
         print(f"| {r['precision']} | {r['chains_per_device']} | {r['evals_per_s_per_device']:.1f} | "
               f"{100 * r['likelihood_share']:.2f} % | {r['gflop_per_eval']:.3g} | {r['tflops']:.3g} | "
