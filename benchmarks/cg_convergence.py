@@ -1,0 +1,63 @@
+"""How far the `tweedie` likelihood score is from converged at a given CG cap (issue "calibration").
+
+  python benchmarks/cg_convergence.py [--lenses 4] [--caps 5,50] [--times 0.9,0.5,0.2,0.05]
+
+For held-out lenses of benchmarks/coverage.py (same seeds, shipped 64² prior) and states
+x_t = truth + σ(t) z, it prints ‖score(cap) − score(reference cap)‖ / ‖score(reference cap)‖,
+the reference being the largest cap given. A large value means the capped CG solve of
+(σ_n² I + A C Aᵀ) u = y − A m changes the likelihood term, not just its last digits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import procedural_64  # noqa: E402
+from coverage import simulate  # noqa: E402
+from jaxlens.cli import common  # noqa: E402
+from jaxlens.lensing import lens_operator  # noqa: E402
+from jaxlens.prior import load_prior  # noqa: E402
+from jaxlens.sample import make_likelihood  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=os.path.join(os.path.dirname(HERE), "checkpoints", "procedural_64"))
+    ap.add_argument("--lenses", type=int, default=4)
+    ap.add_argument("--caps", default="5,50", help="CG caps; the largest is the reference")
+    ap.add_argument("--times", default="0.9,0.5,0.2,0.05")
+    args = ap.parse_args()
+    caps = sorted(int(c) for c in args.caps.split(","))
+    times = [float(t) for t in args.times.split(",")]
+    if len(caps) < 2 or caps[0] < 1 or args.lenses < 1 or not all(0 < t <= 1 for t in times):
+        raise SystemExit("need two or more caps >= 1, --lenses >= 1 and times in (0, 1]")
+    config = procedural_64.get_config()
+    geo, sigma_n = common.geometry(config), float(config.lens.sigma_n)
+    prior = load_prior(args.checkpoint)
+    score, sde = prior.score_fn(), prior.sde
+    print("| lens | t | σ(t) | " + " | ".join(f"rel. change, cap {c}" for c in caps[:-1]) + " |")
+    print("|---" * (3 + len(caps) - 1) + "|")
+    for k, p in enumerate(simulate(args.lenses, 0, geo, sigma_n)):
+        A, AT = lens_operator(p.lens, geo)
+        fns = {c: jax.jit(lambda x, t, term=make_likelihood("tweedie", p.y, A, AT, sigma_n, cg_maxiter=c):
+                          term(score, x, t, sde)) for c in caps}
+        for t in times:
+            x = jnp.asarray(p.truth) + sde.sigma(t) * jax.random.normal(jax.random.key(k), p.truth.shape)
+            out = {c: np.asarray(fn(x, jnp.float32(t))) for c, fn in fns.items()}
+            ref = np.linalg.norm(out[caps[-1]])
+            rel = [np.linalg.norm(out[c] - out[caps[-1]]) / ref for c in caps[:-1]]
+            print(f"| {k} | {t:g} | {float(sde.sigma(t)):.3g} | " + " | ".join(f"{r:.3g}" for r in rel) + " |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
