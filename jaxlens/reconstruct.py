@@ -27,10 +27,10 @@ import numpy as np
 
 from jaxlens import io
 from jaxlens.diagnostics import figures, metrics
-from jaxlens.lensing import Geometry, LensParams, check_lens, lens_operator, render
+from jaxlens.lensing import Geometry, LensParams, check_lens, lens_operator, normal_operator_norm, render
 from jaxlens.prior import LoadedPrior
 from jaxlens.sample import EulerMaruyama, PredictorCorrector, ProbabilityFlow, sample_posterior
-from jaxlens.sde import step_confidence, steps_for_confidence
+from jaxlens.sde import stable_steps, step_confidence, steps_for_confidence
 
 SOLVERS = ("em", "pc", "ode")
 
@@ -91,19 +91,29 @@ def simulated_problem(
     return Problem(np.asarray(y), float(sigma_n), lens, geometry, source)
 
 
-def n_steps_for(options: SamplingOptions, prior: LoadedPrior, shape: tuple[int, ...]) -> int:
+def n_steps_for(options: SamplingOptions, prior: LoadedPrior, shape: tuple[int, ...],
+                curvature: float | None = None) -> int:
     """The configured N, or the smallest N with step_confidence(N) >= options.confidence.
 
-    Warns when a configured N is far too small: Euler–Maruyama with the likelihood term
-    then diverges (roughly below log(σ_max/σ_min)·λ_max(AᵀA) steps).
+    With the eq. 19 likelihood and `curvature` = λ_max(AᵀA) of the lens, the chosen N is also
+    at least `stable_steps` (explicit Euler–Maruyama diverges below it on strongly magnified
+    lenses), and a configured N below it draws a warning. A configured N with a step
+    confidence below 0.5 warns too.
     """
     args = (int(np.prod(shape)), prior.sde.sigma_min, prior.sde.sigma_max)
+    stable = 2
+    if options.likelihood == "eq19" and curvature is not None:
+        stable = stable_steps(curvature, prior.sde.sigma_min, prior.sde.sigma_max)
     if options.n_steps == 0:
-        return steps_for_confidence(options.confidence, *args)
+        return max(steps_for_confidence(options.confidence, *args), stable)
     p = step_confidence(options.n_steps, *args) if options.n_steps >= 2 else 0.0
     if p < 0.5:
         warnings.warn(f"n_steps={options.n_steps} gives step_confidence {p:.2f} < 0.5; the reverse SDE "
                       f"may diverge (about {steps_for_confidence(0.97, *args)} steps reach 0.97)",
+                      stacklevel=2)
+    if options.n_steps < stable:
+        warnings.warn(f"n_steps={options.n_steps} is below the {stable} steps that keep Euler–Maruyama stable "
+                      f"with the eq19 likelihood on this lens (λ_max(AᵀA) = {curvature:.3g}); samples may blow up",
                       stacklevel=2)
     return options.n_steps
 
@@ -150,7 +160,8 @@ def reconstruct(
     shape = check_compatible(problem, prior)
     y = problem.y if problem.y.ndim == 3 else problem.y[..., None]
     A, AT = lens_operator(problem.lens, problem.geometry)
-    n_steps = n_steps_for(options, prior, shape)
+    curvature = normal_operator_norm(A, AT, shape) if options.likelihood == "eq19" else None
+    n_steps = n_steps_for(options, prior, shape, curvature)
     timings["setup_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()

@@ -16,6 +16,7 @@ import numpy as np
 __all__ = [
     "VESDE",
     "sigma_max_from_data",
+    "stable_steps",
     "step_confidence",
     "steps_for_confidence",
 ]
@@ -131,6 +132,22 @@ def step_confidence(
     gamma = math.exp(math.log(sigma_max / sigma_min) / (n_steps - 1))
     c = math.sqrt(2.0 * n_dims) * (gamma - 1.0)
     return _std_normal_cdf(c + 3.0 * gamma) - _std_normal_cdf(c - 3.0 * gamma)
+
+
+def stable_steps(curvature: float, sigma_min: float, sigma_max: float) -> int:
+    """Fewest Euler–Maruyama steps that keep a stiff linear term of the reverse drift stable.
+
+    A likelihood term Aᵀ(y − A x)/(σ_n² + σ²) (eq. 19) has curvature up to λ = λ_max(AᵀA)
+    /(σ_n² + σ²). With N uniform steps in t, a step moves x by g² Δt = 2 σ² log(σ_max/σ_min)/N
+    times the drift, and explicit Euler stays stable while that times λ is below 2, i.e. for
+    N > log(σ_max/σ_min) · λ_max(AᵀA) once σ ≫ σ_n. Below it, samples of strongly magnified
+    lenses blow up. Pass `curvature` = λ_max(AᵀA) (`jaxlens.lensing.normal_operator_norm`).
+    """
+    if not curvature >= 0:
+        raise ValueError(f"curvature must be >= 0, got {curvature}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    return max(2, math.floor(math.log(sigma_max / sigma_min) * curvature) + 1)
 
 
 def steps_for_confidence(

@@ -56,7 +56,7 @@ def _gaussian_run(lens, mode, sigma_n, n_steps, score_of_prior):
     y = _observe(prior, M, sigma_n)
     law_mu, law_cov = gaussian_em_moments(prior, M, y, sigma_n, SDE, n_steps, likelihood=mode)
     samples = sample_posterior(jax.random.key(1), score_of_prior(prior), y, Ad, ATd, sigma_n, SDE, 128,
-                               n_steps, likelihood=mode, cg_maxiter=100, progress=False)
+                               n_steps, likelihood=mode, cg_maxiter=60, progress=False)
     assert samples.dtype == np.float32
     z, r = _zscores(samples, law_mu, np.sqrt(np.diag(law_cov)).reshape(SHAPE))
     rms_z, rms_r = np.sqrt(np.mean(z**2)), np.sqrt(np.mean(r**2))
@@ -69,12 +69,14 @@ def test_bf16_score_keeps_the_eq19_gaussian_posterior(lens):
     assert rms_z < MC_RMS and max_z < MC_MAX and rms_r < MC_RMS and max_r < MC_MAX
 
 
-def test_bf16_breaks_the_tweedie_moments_so_the_cli_refuses_it(lens):
-    """m = x + σ² s(x) cancels x at large σ; bf16 rounding of s, times σ², swamps ∂m/∂x and
-    makes A C Aᵀ indefinite. The same run with a float32 score is exact (test_sample.py), so
-    bin/sample refuses bf16 with 'tweedie' and 'dps' (test_cli.py)."""
-    rms_z, _, _, _ = _gaussian_run(lens, "tweedie", 0.05, 64, _bf16_gaussian_score)
-    assert not rms_z < 10 * MC_RMS  # NaN or far off: not a marginal effect
+def test_bf16_score_keeps_the_tweedie_gaussian_posterior(lens):
+    """m = x + σ² s(x) cancels x at large σ, so bf16 rounding of s, times σ², perturbs ∂m/∂x and
+    can make A C Aᵀ indefinite. With plain CG that run blew up; the clipped Lanczos solve keeps
+    it within Monte-Carlo error of the exact Euler–Maruyama law (rms z 1.37, max 3.7 when
+    written). bin/sample still refuses bf16 with 'tweedie' (test_cli.py) until the learned
+    prior has been checked the same way."""
+    rms_z, rms_r, max_z, max_r = _gaussian_run(lens, "tweedie", 0.05, 64, _bf16_gaussian_score)
+    assert rms_z < MC_RMS and max_z < MC_MAX and rms_r < MC_RMS and max_r < MC_MAX
 
 
 def test_bf16_shipped_prior_keeps_chi2():

@@ -281,8 +281,9 @@ def test_closed_form_posterior(lens):
         y = _observe(prior, M, sigma_n)
         mu, cov = linear_gaussian_posterior(prior, M, y, sigma_n)
         law_mu, law_cov = gaussian_em_moments(prior, M, y, sigma_n, SDE, n_steps, likelihood=mode)
-        samples = sample_posterior(jax.random.key(1), score, y, Ad, ATd, sigma_n, SDE, n, n_steps,
-                                   likelihood=mode, cg_maxiter=100, progress=False)
+        # tweedie's Lanczos solve converges within 60 here; its small eigenproblem grows as cap³.
+        samples = sample_posterior(jax.random.key(1), score, y, Ad, ATd, sigma_n, SDE, n, n_steps, likelihood=mode,
+                                   cg_maxiter=60 if mode == "tweedie" else 100, progress=False)
         assert samples.shape == (n,) + SHAPE and np.all(np.isfinite(samples))
         z, r = _zscores(samples, law_mu, np.sqrt(np.diag(law_cov)).reshape(SHAPE))
         msg = f"{mode} σ_n={sigma_n}: vs EM law rms z {np.sqrt(np.mean(z**2)):.2f} max {np.abs(z).max():.2f}"

@@ -1,6 +1,6 @@
 """The lens forward model: SIE + shear mass, pixel grids, bilinear sources, A and Aᵀ."""
 
-from jaxlens.lensing.diagnostics import AATDiagnostics, aat_diagnostics
+from jaxlens.lensing.diagnostics import AATDiagnostics, aat_diagnostics, normal_operator_norm
 from jaxlens.lensing.forward import (
     average_pool,
     check_lens,
@@ -43,6 +43,7 @@ __all__ = [
     "ellipticity_to_phi_q",
     "interpolate_cells",
     "lens_operator",
+    "normal_operator_norm",
     "pad_source",
     "pixel_centers",
     "pixel_grid",

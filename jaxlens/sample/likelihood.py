@@ -12,13 +12,15 @@ approximations of p_t(y | x_t) are built from it. Modes:
 - ``'tweedie'`` (TMPD, Boys et al. 2023): p_t(y | x_t) ≈ N(y; A m, diag(σ_n²) + A C Aᵀ)
   with the Tweedie moments m = x + σ² s(x, t), C = σ² ∂m/∂x. Its gradient,
   (∂m/∂x)ᵀ Aᵀ (σ_n² + A C Aᵀ)⁻¹ (y − A m), uses one linearisation of the
-  prior score and CG. Exact when the prior is Gaussian.
+  prior score and a Lanczos solve with C symmetrised and the system's spectrum
+  kept above σ_n² (jaxlens.sample.krylov: a learned C is not positive
+  definite at large σ). Exact when the prior is Gaussian.
 - ``'dps'`` (Chung et al. 2023): ∇_x log N(y; A m(x), diag(σ_n²)), one VJP
   through the prior score (no guidance-scale heuristic).
 
 Pixels that are masked or have infinite σ_n carry no information: they are
-removed from every sum and from the CG system (which acts as the identity on
-them, so C stays symmetric positive definite).
+removed from every sum and from the linear systems (which act as the identity
+on them).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.sparse.linalg import cg
 
+from jaxlens.sample.krylov import clipped_lanczos_solve
 from jaxlens.sde import VESDE
 
 __all__ = [
@@ -62,8 +65,8 @@ class LikelihoodTerm:
       valid: [h, w, C] 1.0 on pixels that are used, 0.0 elsewhere.
       A, AT: the forward operator [H, W, C] → [h, w, C] and its adjoint.
       mode: one of LIKELIHOOD_MODES.
-      cg_tol, cg_maxiter: relative tolerance and iteration cap of the CG solves
-        ('eq12', 'tweedie').
+      cg_tol, cg_maxiter: relative tolerance and iteration cap of the matrix-free
+        solves ('eq12': conjugate gradients; 'tweedie': clipped Lanczos).
     """
 
     y: jax.Array
@@ -253,10 +256,19 @@ def _tweedie(term, score_fn, x, t, sde):
 
     vjp_m = jax.linear_transpose(jvp_m, x)
 
-    def op(v):
-        return term.noise_var * v + var_t * term.A(jvp_m(term.AT(v)))
+    def sym_jm(z):
+        # A score Jacobian is a Hessian, so C is symmetric; a learned one is only nearly so, and
+        # the Lanczos solve below needs a symmetric operator.
+        return 0.5 * (jvp_m(z) + vjp_m(z)[0])
 
-    u = _cg_solve(term, op, term.residual(m), term.noise_var + var_t)
+    def op(v):
+        v = term.valid * v
+        return term.valid * (term.noise_var * v + var_t * term.A(sym_jm(term.AT(v)))) + (1.0 - term.valid) * v
+
+    diag = term.noise_var + var_t
+    # σ_n² I + A C Aᵀ ⪰ σ_n² I for any covariance C; the learned C can break that at large σ.
+    u, _ = clipped_lanczos_solve(op, term.residual(m), diag, jnp.min(term.noise_var / diag),
+                                 tol=term.cg_tol, maxiter=term.cg_maxiter)
     (lik,) = vjp_m(term.AT(term.valid * u))
     return lik, s
 

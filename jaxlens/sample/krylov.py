@@ -1,0 +1,183 @@
+"""A matrix-free solve that stays bounded when the operator is not positive definite.
+
+The `tweedie` likelihood solves (σ_n² I + A C Aᵀ) u = r with C = σ² ∂m/∂x built from the
+learned score's Jacobian. A learned Jacobian is neither exactly symmetric nor, at large σ,
+positive semi-definite (C = σ² I + σ⁴ ∂s/∂x is a difference of two large terms), so the system
+can have negative eigenvalues, where conjugate gradients diverges or depends on rounding
+(benchmarks/jacobian_spectrum.py measures it on the shipped prior).
+
+`clipped_lanczos_solve` runs Lanczos on the Jacobi-preconditioned operator, then solves in the
+Krylov subspace with the Ritz values raised to a floor that the exact operator is known to
+respect (σ_n² I + A C Aᵀ ⪰ σ_n² I for any covariance C). For a symmetric operator above the
+floor this is conjugate gradients' iterate, computed another way; otherwise it is the solve
+with the operator's spectrum projected onto [floor, ∞) within the subspace, and
+‖u‖ ≤ ‖r‖ / (floor · min diag) holds whatever the operator does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["KrylovInfo", "clipped_lanczos_solve", "jacobi_eigh"]
+
+
+class KrylovInfo(NamedTuple):
+    """iterations: Lanczos steps taken; clipped: how many Ritz values were raised to the floor."""
+
+    iterations: jax.Array
+    clipped: jax.Array
+
+
+def _round_robin(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairings (p < q) of 0..m-1 (m even) in m - 1 rounds, each index once per round (circle method)."""
+    ring = list(range(1, m))
+    ps, qs = [], []
+    for _ in range(m - 1):
+        order = [0] + ring
+        pairs = [sorted((order[i], order[m - 1 - i])) for i in range(m // 2)]
+        ps.append([a for a, _ in pairs])
+        qs.append([b for _, b in pairs])
+        ring = ring[-1:] + ring[:-1]
+    return np.asarray(ps), np.asarray(qs)
+
+
+def jacobi_eigh(a: jax.Array, *, max_sweeps: int = 10) -> tuple[jax.Array, jax.Array]:
+    """(eigenvalues, eigenvectors as columns) of a small symmetric matrix by parallel Jacobi rotations.
+
+    Pure jnp: `jnp.linalg.eigh` is a LAPACK call on the CPU, and such calls inside the sampler's
+    loops deadlock XLA:CPU when several host devices share the cores. Each round applies m/2
+    disjoint rotations at once; sweeps repeat until the off-diagonal part is at rounding level.
+    Eigenvalues are not sorted.
+    """
+    k = a.shape[0]
+    m = k + k % 2
+    if m != k:  # an even size for the round robin; the extra index is decoupled
+        a = jnp.pad(a, ((0, 1), (0, 1))).at[k, k].set(1.0)
+    ps, qs = (jnp.asarray(x) for x in _round_robin(m))
+    eps = jnp.finfo(a.dtype).eps
+
+    def rotate(r, state):
+        a, v = state
+        p, q = ps[r], qs[r]
+        app, aqq, apq = a[p, p], a[q, q], a[p, q]
+        tau = (aqq - app) / (2.0 * jnp.where(apq == 0, 1.0, apq))
+        t = jnp.where(tau >= 0, 1.0, -1.0) / (jnp.abs(tau) + jnp.sqrt(1.0 + tau * tau))
+        t = jnp.where(apq == 0, 0.0, t)
+        c = jax.lax.rsqrt(1.0 + t * t)
+        s = t * c
+        c, s = c[:, None], s[:, None]
+        # A ← Rᵀ A R and V ← V R for the m/2 disjoint plane rotations R, as row and column updates.
+        ap, aq = a[p], a[q]
+        a = a.at[p].set(c * ap - s * aq).at[q].set(s * ap + c * aq)
+        ap, aq = a[:, p].T, a[:, q].T
+        a = a.at[:, p].set((c * ap - s * aq).T).at[:, q].set((s * ap + c * aq).T)
+        vp, vq = v[:, p].T, v[:, q].T
+        return a, v.at[:, p].set((c * vp - s * vq).T).at[:, q].set((s * vp + c * vq).T)
+
+    def off(a):
+        return jnp.linalg.norm(a - jnp.diag(jnp.diag(a)))
+
+    def sweep(state):
+        a, v, n = state
+        a, v = jax.lax.fori_loop(0, m - 1, rotate, (a, v))
+        return a, v, n + 1
+
+    def unfinished(state):
+        a, _, n = state
+        return (n < max_sweeps) & (off(a) > 4 * eps * jnp.linalg.norm(a))
+
+    a, v, _ = jax.lax.while_loop(unfinished, sweep, (a, jnp.eye(m, dtype=a.dtype), jnp.int32(0)))
+    return jnp.diag(a)[:k], v[:k, :k]
+
+
+def _subspace_solve(alpha, beta, k, norm_b, floor):
+    """y = ‖b‖ T⁺⁻¹ e₁ in the first k Lanczos vectors; T⁺ has its eigenvalues clipped at `floor`.
+
+    T is kept at its full [maxiter, maxiter] size so that the shape is static.
+    """
+    n = alpha.shape[0]
+    used = jnp.arange(n) < k
+    # The unused block is a multiple of the identity above the floor: its Ritz values are never
+    # clipped and carry no weight, since e₁ has no component there.
+    diag = jnp.where(used, alpha, jnp.maximum(floor, 1.0))
+    off = jnp.where(jnp.arange(n - 1) < k - 1, beta[1:n], 0.0)
+    lam, Q = jacobi_eigh(jnp.diag(diag) + jnp.diag(off, 1) + jnp.diag(off, -1))
+    y = Q @ (Q[0] * norm_b / jnp.maximum(lam, floor))
+    return jnp.where(used, y, 0.0), jnp.sum(lam < floor)
+
+
+def clipped_lanczos_solve(
+    op: Callable[[jax.Array], jax.Array],
+    b: jax.Array,
+    diag: jax.Array,
+    floor: jax.Array | float,
+    *,
+    tol: float = 1e-5,
+    maxiter: int = 20,
+) -> tuple[jax.Array, KrylovInfo]:
+    """Approximately solves op(u) = b for a symmetric `op` with spectrum meant to be ≥ floor · diag.
+
+    Args:
+      op: the linear operator, acting on arrays shaped like b; should be symmetric.
+      b: right-hand side, any shape.
+      diag: positive Jacobi preconditioner, broadcastable to b (op ≈ diag · I).
+      floor: lower bound on the eigenvalues of diag^-½ op diag^-½ that the exact operator
+        satisfies; Ritz values below it are raised to it.
+      tol: stop when the preconditioned residual of the subspace solve is below tol · ‖b‖.
+      maxiter: the most Lanczos steps (operator applications).
+
+    Returns:
+      (u, KrylovInfo).
+    """
+    if maxiter < 1 or not tol > 0:
+        raise ValueError(f"need maxiter >= 1 and tol > 0, got {maxiter}, {tol}")
+    dtype = b.dtype
+    scale = jax.lax.rsqrt(jnp.broadcast_to(jnp.asarray(diag, dtype), b.shape)).ravel()
+
+    def apply(v):
+        return scale * op((scale * v).reshape(b.shape)).ravel()
+
+    rhs = scale * b.ravel()
+    norm_b = jnp.linalg.norm(rhs)
+    tiny = jnp.finfo(dtype).tiny
+    n = rhs.shape[0]
+    floor = jnp.asarray(floor, dtype)
+
+    def body(state):
+        k, V, alpha, beta, pivot, last, below, _ = state
+        v = V[k]
+        w = apply(v)
+        a = jnp.vdot(v, w)
+        # Full re-orthogonalisation, twice: k ≤ maxiter vectors, cheap next to `op`, and it keeps
+        # the Ritz values honest in float32.
+        w = w - V.T @ (V @ w)
+        w = w - V.T @ (V @ w)
+        bk = jnp.linalg.norm(w)
+        alpha, beta = alpha.at[k].set(a), beta.at[k + 1].set(bk)
+        V = V.at[k + 1].set(jnp.where(bk > tiny, w / jnp.maximum(bk, tiny), 0.0))
+        # LDLᵀ of T without pivoting: the pivots are ≥ its smallest eigenvalue, so one below the
+        # floor flags a spectrum to clip; otherwise `last` = (T⁻¹)ₖ₁ gives CG's residual
+        # β_{k+1} |(T⁻¹)ₖ₁| ‖b‖, and the eigendecomposition waits until after the loop.
+        d = a - beta[k] ** 2 / pivot
+        below = below | (d < floor)
+        d = jnp.where(jnp.abs(d) > tiny, d, tiny)
+        last = jnp.where(k == 0, 1.0 / d, -last * beta[k] / d)
+        return k + 1, V, alpha, beta, d, last, below, bk * jnp.abs(last) * norm_b
+
+    def cond(state):
+        k, _, _, beta, _, _, below, residual = state
+        converged = ~below & (residual <= tol * norm_b)
+        return (k < maxiter) & ~converged & ((k == 0) | (beta[k] > tiny))
+
+    V0 = jnp.zeros((maxiter + 1, n), dtype).at[0].set(rhs / jnp.maximum(norm_b, tiny))
+    zero = jnp.zeros((), dtype)
+    init = (jnp.int32(0), V0, jnp.zeros(maxiter, dtype), jnp.zeros(maxiter + 1, dtype), zero + 1, zero,
+            jnp.asarray(False), jnp.asarray(jnp.inf, dtype))
+    k, V, alpha, beta, *_ = jax.lax.while_loop(cond, body, init)
+    y, clipped = _subspace_solve(alpha, beta, k, norm_b, floor)
+    u = scale * (V[:maxiter].T @ y)
+    return u.reshape(b.shape), KrylovInfo(k, clipped)

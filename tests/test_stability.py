@@ -1,0 +1,61 @@
+"""Euler–Maruyama's stability bound for the eq. 19 likelihood term, and the λ_max(AᵀA) it needs."""
+
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlens.lensing import Geometry, LensParams, lens_operator, normal_operator_norm
+from jaxlens.reconstruct import SamplingOptions, n_steps_for
+from jaxlens.sample import gaussian_prior_score, isotropic_gaussian_prior, sample_posterior
+from jaxlens.sample.gaussian import dense_operator
+from jaxlens.sde import VESDE, stable_steps
+
+GEOM = Geometry(src_npix=16, src_fov=2.0, fine_npix=32, img_fov=3.0, pool=2)
+SDE = VESDE(1e-3, 40.0)
+SHAPE = (4, 4, 1)
+
+
+@pytest.mark.parametrize("theta_e", [0.8, 1.2])
+def test_normal_operator_norm_matches_the_dense_spectral_norm(theta_e):
+    lens = LensParams(theta_e, 0.1, -0.05, 0.02, -0.03, 0.02, 0.01)
+    A, AT = lens_operator(lens, GEOM)
+    dense = np.linalg.norm(dense_operator(A, GEOM.src_shape + (1,)), 2) ** 2
+    assert normal_operator_norm(A, AT, GEOM.src_shape + (1,)) == pytest.approx(dense, rel=2e-3)
+
+
+def _run(lam, n_steps):
+    # A = √λ I: AᵀA has the single eigenvalue λ; a broad N(0, I) prior leaves the likelihood stiffest.
+    A = lambda x: math.sqrt(lam) * x  # noqa: E731
+    score = gaussian_prior_score(isotropic_gaussian_prior(SHAPE), SDE)
+    return sample_posterior(jax.random.key(0), score, jnp.zeros(SHAPE), A, A, 0.05, SDE, 8, n_steps,
+                            progress=False)
+
+
+@pytest.mark.parametrize("lam", [4.0, 12.0])
+def test_euler_maruyama_diverges_below_the_bound_and_not_above(lam):
+    n = stable_steps(lam, SDE.sigma_min, SDE.sigma_max)
+    below, above = _run(lam, int(0.8 * n)), _run(lam, int(1.25 * n))
+    assert not np.all(np.abs(below) < 1e3), "expected a blow-up below the bound"
+    # Above it the chains end near the posterior, whose std is ~σ_n/√λ.
+    assert np.all(np.isfinite(above)) and np.abs(above).max() < 1.0
+
+
+def test_n_steps_for_respects_the_bound():
+    class Prior:  # n_steps_for reads only the prior's SDE
+        sde = SDE
+
+    shape = (16, 16, 1)
+    stiff = 400.0
+    need = stable_steps(stiff, SDE.sigma_min, SDE.sigma_max)
+    auto = n_steps_for(SamplingOptions(n_steps=0), Prior, shape, stiff)
+    assert auto >= need and n_steps_for(SamplingOptions(n_steps=0), Prior, shape) < need
+    with pytest.warns(UserWarning, match="below the .* steps that keep Euler–Maruyama stable"):
+        n_steps_for(SamplingOptions(n_steps=need - 1), Prior, shape, stiff)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        n_steps_for(SamplingOptions(n_steps=need), Prior, shape, stiff)
+        n_steps_for(SamplingOptions(n_steps=need - 1, likelihood="tweedie"), Prior, shape, stiff)
