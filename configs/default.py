@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Posterior sampling.
     c.sampling = p = ml_collections.ConfigDict()
     p.n_chains = 16
-    p.n_steps = 0  # 0: the smallest N with step_confidence(N) >= confidence
+    p.n_steps = 0  # 0: the smallest N with step_confidence(N) >= confidence (eq19: and >= stable_steps)
     p.confidence = 0.99
     p.chunk_size = 16
     p.likelihood = "eq19"  # eq19 (the paper) | eq12 | tweedie | dps (see jaxlens.sample.likelihood)

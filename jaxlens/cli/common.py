@@ -121,8 +121,8 @@ def sampling_options(config: ml_collections.ConfigDict):
     s = config.sampling
     if config.model.dtype == "bfloat16" and s.likelihood in ("tweedie", "dps"):
         # Their Tweedie mean x + σ² s(x) cancels x at large σ, so the network's bf16 rounding,
-        # multiplied by σ², swamps ∂m/∂x. tweedie's clipped solve survives that on the Gaussian
-        # test (tests/test_precision.py), but it has not been checked on a learned prior.
+        # multiplied by σ², perturbs ∂m/∂x: on the Gaussian test tweedie stays finite but leaves
+        # the exact law by more than Monte-Carlo error (tests/test_precision.py).
         raise ValueError(f"sampling.likelihood={s.likelihood!r} differentiates the prior and needs "
                          "model.dtype='float32'; bfloat16 is supported with 'eq19' and 'eq12'")
     return SamplingOptions(

@@ -148,7 +148,7 @@ def clipped_lanczos_solve(
     floor = jnp.asarray(floor, dtype)
 
     def body(state):
-        k, V, alpha, beta, pivot, last, below, _ = state
+        k, V, alpha, beta, pivot, last, indefinite, _ = state
         v = V[k]
         w = apply(v)
         a = jnp.vdot(v, w)
@@ -159,18 +159,19 @@ def clipped_lanczos_solve(
         bk = jnp.linalg.norm(w)
         alpha, beta = alpha.at[k].set(a), beta.at[k + 1].set(bk)
         V = V.at[k + 1].set(jnp.where(bk > tiny, w / jnp.maximum(bk, tiny), 0.0))
-        # LDLᵀ of T without pivoting: the pivots are ≥ its smallest eigenvalue, so one below the
-        # floor flags a spectrum to clip; otherwise `last` = (T⁻¹)ₖ₁ gives CG's residual
-        # β_{k+1} |(T⁻¹)ₖ₁| ‖b‖, and the eigendecomposition waits until after the loop.
+        # LDLᵀ of T without pivoting: while every pivot is positive T is positive definite and
+        # `last` = (T⁻¹)ₖ₁ gives CG's residual β_{k+1} |(T⁻¹)ₖ₁| ‖b‖, a valid stopping test; a
+        # non-positive pivot means negative curvature, and the solve runs to the cap. Ritz values
+        # below the floor are clipped after the loop either way.
         d = a - beta[k] ** 2 / pivot
-        below = below | (d < floor)
+        indefinite = indefinite | (d <= 0)
         d = jnp.where(jnp.abs(d) > tiny, d, tiny)
         last = jnp.where(k == 0, 1.0 / d, -last * beta[k] / d)
-        return k + 1, V, alpha, beta, d, last, below, bk * jnp.abs(last) * norm_b
+        return k + 1, V, alpha, beta, d, last, indefinite, bk * jnp.abs(last) * norm_b
 
     def cond(state):
-        k, _, _, beta, _, _, below, residual = state
-        converged = ~below & (residual <= tol * norm_b)
+        k, _, _, beta, _, _, indefinite, residual = state
+        converged = ~indefinite & (residual <= tol * norm_b)
         return (k < maxiter) & ~converged & ((k == 0) | (beta[k] > tiny))
 
     V0 = jnp.zeros((maxiter + 1, n), dtype).at[0].set(rhs / jnp.maximum(norm_b, tiny))
