@@ -4,7 +4,7 @@
 
 For held-out lenses of benchmarks/coverage.py (same seeds, shipped 64² prior) and states
 x_t = truth + σ(t) z, it prints ‖score(cap) − score(reference cap)‖ / ‖score(reference cap)‖,
-the reference being the largest cap given. A large value means the capped CG solve of
+the reference being the largest cap given. A large value means the capped Krylov solve of
 (σ_n² I + A C Aᵀ) u = y − A m changes the likelihood term, not just its last digits.
 """
 
