@@ -1,4 +1,4 @@
-"""How far the `tweedie` likelihood score is from converged at a given CG cap (issue "calibration").
+"""How far the `tweedie` likelihood score is from converged at a given solve cap (issue "calibration").
 
   python benchmarks/cg_convergence.py [--lenses 4] [--caps 5,50] [--times 0.9,0.5,0.2,0.05]
 
@@ -33,7 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=os.path.join(os.path.dirname(HERE), "checkpoints", "procedural_64"))
     ap.add_argument("--lenses", type=int, default=4)
-    ap.add_argument("--caps", default="5,50", help="CG caps; the largest is the reference")
+    ap.add_argument("--caps", default="5,50", help="iteration caps of the solve; the largest is the reference")
     ap.add_argument("--times", default="0.9,0.5,0.2,0.05")
     args = ap.parse_args()
     caps = sorted(int(c) for c in args.caps.split(","))

@@ -34,16 +34,7 @@ from coverage import simulate  # noqa: E402
 from jaxlens.cli import common  # noqa: E402
 from jaxlens.lensing import lens_operator  # noqa: E402
 from jaxlens.prior import load_prior  # noqa: E402
-
-
-def dense(linear, shape, batch: int = 256) -> np.ndarray:
-    """The matrix [out, in] of a linear map on arrays of `shape`, one batch of basis vectors at a time."""
-    n = int(np.prod(shape))
-    fn = jax.jit(jax.vmap(linear))
-    eye = jnp.eye(n, dtype=jnp.float32)
-    rows = [np.asarray(fn(eye[i : i + batch].reshape((-1,) + shape))).reshape(min(batch, n - i), -1)
-            for i in range(0, n, batch)]
-    return np.concatenate(rows).T.astype(np.float64)
+from jaxlens.sample.gaussian import dense_operator  # noqa: E402
 
 
 def spectrum(J: np.ndarray, A: np.ndarray, var_t: float, noise_var: float) -> dict:
@@ -77,12 +68,12 @@ def main() -> None:
     for k, p in enumerate(simulate(args.lenses, 0, geo, sigma_n)):
         shape = p.truth.shape
         A, _ = lens_operator(p.lens, geo)
-        A_mat = dense(A, shape)
+        A_mat = dense_operator(A, shape, chunk=256)
         for t in times:
             t0 = time.perf_counter()
             x = jnp.asarray(p.truth) + sde.sigma(t) * jax.random.normal(jax.random.key(k), shape)
             _, jvp = jax.linearize(lambda z: score(z, jnp.float32(t)), x)
-            r = spectrum(dense(jvp, shape), A_mat, float(sde.sigma(t)) ** 2, sigma_n ** 2)
+            r = spectrum(dense_operator(jvp, shape, chunk=256), A_mat, float(sde.sigma(t)) ** 2, sigma_n ** 2)
             n = A_mat.shape[1]
             print(f"| {k} | {t:g} | {float(sde.sigma(t)):.3g} | {r['asym']:.3f} | {r['c_neg']} of {n} "
                   f"| {r['c_min']:.3g} / {r['c_max']:.3g} | {r['k_neg']} of {A_mat.shape[0]} "

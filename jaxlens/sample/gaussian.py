@@ -162,12 +162,15 @@ def gaussian_prior_sample(key: jax.Array, prior: GaussianPrior, n: int) -> jax.A
     return prior.mean + z.reshape((n,) + prior.shape)
 
 
-def dense_operator(A: Callable[[jax.Array], jax.Array], in_shape: tuple[int, ...]) -> np.ndarray:
+def dense_operator(A: Callable[[jax.Array], jax.Array], in_shape: tuple[int, ...], *,
+                   chunk: int | None = None) -> np.ndarray:
     """The dense matrix of a linear operator, built by applying it to basis vectors.
 
     Args:
       A: a linear map from arrays of shape in_shape to any shape.
       in_shape: the input shape.
+      chunk: basis vectors per vmapped call (None: all at once); bounds the memory of
+        an expensive A, such as a network's JVP.
 
     Returns:
       [m, D] float64 matrix with A(x).ravel() = M @ x.ravel(); D = prod(in_shape).
@@ -176,7 +179,7 @@ def dense_operator(A: Callable[[jax.Array], jax.Array], in_shape: tuple[int, ...
     if d > 20_000:
         raise ValueError(f"dense_operator is for small problems; input size {d} is too large")
     basis = jnp.eye(d, dtype=jnp.float32).reshape((d,) + tuple(in_shape))
-    cols = jax.jit(jax.vmap(lambda e: jnp.ravel(A(e))))(basis)
+    cols = jax.jit(lambda b: jax.lax.map(lambda e: jnp.ravel(A(e)), b, batch_size=chunk or d))(basis)
     return np.asarray(cols, np.float64).T
 
 

@@ -208,15 +208,20 @@ def posterior_score(prior_score: ScoreFn, likelihood_term: LikelihoodTerm, sde: 
     return score_fn
 
 
-def _cg_solve(term: LikelihoodTerm, op: Operator, b: jax.Array, diag: jax.Array) -> jax.Array:
+def _identity_off_valid(term: LikelihoodTerm, op: Operator) -> Operator:
     # Off the used pixels the system is the identity, so b = 0 there gives 0.
     def full_op(v):
         return term.valid * op(term.valid * v) + (1.0 - term.valid) * v
 
+    return full_op
+
+
+def _cg_solve(term: LikelihoodTerm, op: Operator, b: jax.Array, diag: jax.Array) -> jax.Array:
     def precond(v):
         return v / diag
 
-    u, _ = cg(full_op, b, x0=b / diag, tol=term.cg_tol, maxiter=term.cg_maxiter, M=precond)
+    u, _ = cg(_identity_off_valid(term, op), b, x0=b / diag, tol=term.cg_tol, maxiter=term.cg_maxiter,
+              M=precond)
     return u
 
 
@@ -257,16 +262,15 @@ def _tweedie(term, score_fn, x, t, sde):
     vjp_m = jax.linear_transpose(jvp_m, x)
 
     def op(v):
-        v = term.valid * v
-        return term.valid * (term.noise_var * v + var_t * term.A(jvp_m(term.AT(v)))) + (1.0 - term.valid) * v
+        return term.noise_var * v + var_t * term.A(jvp_m(term.AT(v)))
 
     diag = term.noise_var + var_t
     # σ_n² I + A C Aᵀ ⪰ σ_n² I for any covariance C; the learned C can break that at large σ. A
     # learned C is also slightly asymmetric (4-8 % on the shipped prior); symmetrising it needs a
     # VJP per iteration, which ran ~10× slower than a JVP inside the solve's loop on the CPU (61-70
     # against 7.6 network evaluations per step at 64², cap 5), so Lanczos sees C as it is.
-    u, _ = clipped_lanczos_solve(op, term.residual(m), diag, jnp.min(term.noise_var / diag),
-                                 tol=term.cg_tol, maxiter=term.cg_maxiter)
+    u, _ = clipped_lanczos_solve(_identity_off_valid(term, op), term.residual(m), diag,
+                                 jnp.min(term.noise_var / diag), tol=term.cg_tol, maxiter=term.cg_maxiter)
     (lik,) = vjp_m(term.AT(term.valid * u))
     return lik, s
 
