@@ -47,7 +47,7 @@ from quality import machine, make_sampler, random_lenses, seconds_per_state  # n
 
 HEADING = "## Coverage (TARP) at 64² (shipped prior)"
 SOURCE_OFFSET = 10_000  # held-out seeds not used by quality.py
-SOLVES = {"eq12": "cg", "tweedie": "clipped lanczos"}
+SOLVES = {"eq12": "cg", "tweedie": "lanczos gain, negative curvature dropped"}
 
 
 def step_cost(prior, term, shape, batch: int, t: float = 0.5) -> tuple[float, float]:

@@ -81,3 +81,41 @@ def test_jacobi_eigh_matches_lapack(k):
     np.testing.assert_allclose(np.sort(lam), np.linalg.eigvalsh(a.astype(np.float64)), atol=2e-5 * k)
     np.testing.assert_allclose(v @ np.diag(lam) @ v.T, a, atol=2e-5 * k)
     np.testing.assert_allclose(v.T @ v, np.eye(k), atol=1e-5)
+
+
+def _solve_aux(m, b, d, floor, g, **kw):
+    m, g = jnp.asarray(m), jnp.asarray(g)
+    return clipped_lanczos_solve(lambda v: (m @ v, g @ v), jnp.asarray(b), jnp.asarray(d), floor, has_aux=True, **kw)
+
+
+def test_aux_gain_on_a_positive_definite_system_is_g_times_the_solve():
+    # K = σ_n² I + A C Aᵀ with C ⪰ 0 and aux G = C Aᵀ: the gain is C Aᵀ K⁻¹ b.
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(N, 30)) / np.sqrt(30)
+    c = rng.normal(size=(30, 30))
+    c = c @ c.T / 30
+    k_mat = (0.1 * np.eye(N) + a @ c @ a.T).astype(np.float32)
+    g = (c @ a.T).astype(np.float32)
+    b = rng.normal(size=N).astype(np.float32)
+    u, gain, info = _solve_aux(k_mat, b, np.diag(k_mat), 1e-3, g, tol=1e-7, maxiter=N)
+    exact = np.linalg.solve(k_mat.astype(np.float64), b)
+    np.testing.assert_allclose(u, exact, rtol=1e-3, atol=1e-4 * np.abs(exact).max())
+    np.testing.assert_allclose(gain, g @ exact, rtol=1e-3, atol=1e-3 * np.abs(g @ exact).max())
+    assert int(info.clipped) == 0
+
+
+def test_aux_gain_drops_the_eigenpairs_below_the_floor():
+    # Full Krylov space on an indefinite operator: u raises the low Ritz values to the floor,
+    # the gain removes them, so it is G D^-½ Σ_{λ > floor} q qᵀ D^-½ b / λ.
+    lam = np.linspace(-1.0, 4.0, N)
+    m, b, d, q = _problem(lam, seed=5)
+    g = np.random.default_rng(5).normal(size=(7, N)).astype(np.float32)
+    floor = 0.25
+    u, gain, info = _solve_aux(m, b, d, floor, g, tol=1e-12, maxiter=N)
+    s = 1 / np.sqrt(d.astype(np.float64))
+    coef = q.T @ (s * b)
+    keep = lam > floor
+    np.testing.assert_allclose(u, s * (q @ (coef / np.maximum(lam, floor))), rtol=1e-3, atol=1e-3 * np.abs(u).max())
+    ref = g @ (s * (q[:, keep] @ (coef[keep] / lam[keep])))
+    np.testing.assert_allclose(gain, ref, rtol=1e-3, atol=2e-3 * np.abs(ref).max())
+    assert int(info.clipped) == int((~keep).sum())

@@ -95,9 +95,11 @@ def jacobi_eigh(a: jax.Array, *, max_sweeps: int = 10) -> tuple[jax.Array, jax.A
 
 
 def _subspace_solve(alpha, beta, k, norm_b, floor):
-    """y = ‖b‖ T⁺⁻¹ e₁ in the first k Lanczos vectors; T⁺ has its eigenvalues clipped at `floor`.
+    """Coefficients in the first k Lanczos vectors of ‖b‖ T⁺⁻¹ e₁ and of ‖b‖ T₊⁻¹ e₁.
 
-    T is kept at its full [maxiter, maxiter] size so that the shape is static.
+    T⁺ has its eigenvalues below `floor` raised to it; T₊ has those eigenpairs removed (their
+    inverse taken as zero). T is kept at its full [maxiter, maxiter] size so that the shape is
+    static.
     """
     n = alpha.shape[0]
     used = jnp.arange(n) < k
@@ -106,8 +108,10 @@ def _subspace_solve(alpha, beta, k, norm_b, floor):
     diag = jnp.where(used, alpha, jnp.maximum(floor, 1.0))
     off = jnp.where(jnp.arange(n - 1) < k - 1, beta[1:n], 0.0)
     lam, Q = jacobi_eigh(jnp.diag(diag) + jnp.diag(off, 1) + jnp.diag(off, -1))
-    y = Q @ (Q[0] * norm_b / jnp.maximum(lam, floor))
-    return jnp.where(used, y, 0.0), jnp.sum(lam < floor)
+    weight = Q[0] * norm_b
+    raised = Q @ (weight / jnp.maximum(lam, floor))
+    removed = Q @ jnp.where(lam > floor, weight / jnp.where(lam > floor, lam, 1.0), 0.0)
+    return jnp.where(used, raised, 0.0), jnp.where(used, removed, 0.0), jnp.sum(lam < floor)
 
 
 def clipped_lanczos_solve(
@@ -118,28 +122,38 @@ def clipped_lanczos_solve(
     *,
     tol: float = 1e-5,
     maxiter: int = 20,
-) -> tuple[jax.Array, KrylovInfo]:
+    has_aux: bool = False,
+):
     """Approximately solves op(u) = b for a symmetric `op` with spectrum meant to be ≥ floor · diag.
 
     Args:
-      op: the linear operator, acting on arrays shaped like b; should be symmetric.
+      op: the linear operator, acting on arrays shaped like b; should be symmetric. With
+        `has_aux`, op(v) returns (op(v), G v) for a linear map G whose output has a fixed shape.
       b: right-hand side, any shape.
       diag: positive Jacobi preconditioner, broadcastable to b (op ≈ diag · I).
       floor: lower bound on the eigenvalues of diag^-½ op diag^-½ that the exact operator
         satisfies; Ritz values below it are raised to it.
       tol: stop when the preconditioned residual of the subspace solve is below tol · ‖b‖.
       maxiter: the most Lanczos steps (operator applications).
+      has_aux: also return G op⁻¹ b with the Ritz pairs below the floor dropped rather than
+        raised, from the G v already computed (no further calls of op). For op = σ_n² I + A G
+        with G = C Aᵀ, it is the gain C Aᵀ op⁻¹ b with C projected onto the directions where the
+        operator says it is positive: where C has negative curvature the gain is zero, as it
+        would be for C = 0, rather than the 1/floor amplification that raising gives.
 
     Returns:
-      (u, KrylovInfo).
+      (u, KrylovInfo), or (u, G u₊, KrylovInfo) with `has_aux`.
     """
     if maxiter < 1 or not tol > 0:
         raise ValueError(f"need maxiter >= 1 and tol > 0, got {maxiter}, {tol}")
     dtype = b.dtype
     scale = jax.lax.rsqrt(jnp.broadcast_to(jnp.asarray(diag, dtype), b.shape)).ravel()
+    full_op = op if has_aux else (lambda v: (op(v), jnp.zeros((0,), dtype)))
+    aux_shape = jax.eval_shape(lambda v: full_op(v)[1], b)
 
     def apply(v):
-        return scale * op((scale * v).reshape(b.shape)).ravel()
+        w, g = full_op((scale * v).reshape(b.shape))
+        return scale * w.ravel(), g.ravel()
 
     rhs = scale * b.ravel()
     norm_b = jnp.linalg.norm(rhs)
@@ -148,9 +162,10 @@ def clipped_lanczos_solve(
     floor = jnp.asarray(floor, dtype)
 
     def body(state):
-        k, V, alpha, beta, pivot, last, indefinite, _ = state
+        k, V, G, alpha, beta, pivot, last, indefinite, _ = state
         v = V[k]
-        w = apply(v)
+        w, g = apply(v)
+        G = G.at[k].set(g)
         a = jnp.vdot(v, w)
         # Full re-orthogonalisation, twice: k ≤ maxiter vectors, cheap next to `op`, and it keeps
         # the Ritz values honest in float32.
@@ -167,18 +182,22 @@ def clipped_lanczos_solve(
         indefinite = indefinite | (d <= 0)
         d = jnp.where(jnp.abs(d) > tiny, d, tiny)
         last = jnp.where(k == 0, 1.0 / d, -last * beta[k] / d)
-        return k + 1, V, alpha, beta, d, last, indefinite, bk * jnp.abs(last) * norm_b
+        return k + 1, V, G, alpha, beta, d, last, indefinite, bk * jnp.abs(last) * norm_b
 
     def cond(state):
-        k, _, _, beta, _, _, indefinite, residual = state
+        k, _, _, _, beta, _, _, indefinite, residual = state
         converged = ~indefinite & (residual <= tol * norm_b)
         return (k < maxiter) & ~converged & ((k == 0) | (beta[k] > tiny))
 
     V0 = jnp.zeros((maxiter + 1, n), dtype).at[0].set(rhs / jnp.maximum(norm_b, tiny))
+    G0 = jnp.zeros((maxiter, int(np.prod(aux_shape.shape))), aux_shape.dtype)
     zero = jnp.zeros((), dtype)
-    init = (jnp.int32(0), V0, jnp.zeros(maxiter, dtype), jnp.zeros(maxiter + 1, dtype), zero + 1, zero,
+    init = (jnp.int32(0), V0, G0, jnp.zeros(maxiter, dtype), jnp.zeros(maxiter + 1, dtype), zero + 1, zero,
             jnp.asarray(False), jnp.asarray(jnp.inf, dtype))
-    k, V, alpha, beta, *_ = jax.lax.while_loop(cond, body, init)
-    y, clipped = _subspace_solve(alpha, beta, k, norm_b, floor)
-    u = scale * (V[:maxiter].T @ y)
-    return u.reshape(b.shape), KrylovInfo(k, clipped)
+    k, V, G, alpha, beta, *_ = jax.lax.while_loop(cond, body, init)
+    raised, removed, clipped = _subspace_solve(alpha, beta, k, norm_b, floor)
+    u = (scale * (V[:maxiter].T @ raised)).reshape(b.shape)
+    info = KrylovInfo(k, clipped)
+    if not has_aux:
+        return u, info
+    return u, (G.T @ removed.astype(G.dtype)).reshape(aux_shape.shape), info

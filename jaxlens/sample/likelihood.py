@@ -256,22 +256,21 @@ def _tweedie(term, score_fn, x, t, sde):
     var_t, mean_and_score = _tweedie_mean(score_fn, x, t, sde)
     (m, s), lin = jax.linearize(mean_and_score, x)
 
-    def jvp_m(v):
-        return lin(v)[0]
-
-    vjp_m = jax.linear_transpose(jvp_m, x)
-
     def op(v):
-        return term.noise_var * v + var_t * term.A(jvp_m(term.AT(v)))
+        # (σ_n² I + σ² A J Aᵀ) v on the used pixels, the identity elsewhere, and J Aᵀ v.
+        jv = lin(term.AT(term.valid * v))[0]
+        return term.valid * (term.noise_var * v + var_t * term.A(jv)) + (1.0 - term.valid) * v, jv
 
     diag = term.noise_var + var_t
-    # σ_n² I + A C Aᵀ ⪰ σ_n² I for any covariance C; the learned C can break that at large σ. A
-    # learned C is also slightly asymmetric (4-8 % on the shipped prior); symmetrising it needs a
-    # VJP per iteration, which ran ~10× slower than a JVP inside the solve's loop on the CPU (61-70
-    # against 7.6 network evaluations per step at 64², cap 5), so Lanczos sees C as it is.
-    u, _ = clipped_lanczos_solve(_identity_off_valid(term, op), term.residual(m), diag,
-                                 jnp.min(term.noise_var / diag), tol=term.cg_tol, maxiter=term.cg_maxiter)
-    (lik,) = vjp_m(term.AT(term.valid * u))
+    # The gradient is Jᵀ Aᵀ u with u = (σ_n² I + A C Aᵀ)⁻¹ (y − A m); for a true score J is
+    # symmetric, so it equals J Aᵀ u, which the solve assembles from the J Aᵀ v it has computed
+    # (no VJP). A learned C = σ² J is 4-8 % asymmetric and, at large σ, not positive semi-definite
+    # (benchmarks/jacobian_spectrum.py). Where the Krylov space finds vᵀ A C Aᵀ v ≤ 0, the
+    # direction is dropped from the gradient (the gradient of a C clipped at zero there): raising
+    # the system's spectrum to σ_n² instead left J's negative part multiplied by 1/σ_n², a step
+    # stiff enough at σ ≈ σ_max to throw whole chains off the data manifold.
+    _, lik, _ = clipped_lanczos_solve(op, term.residual(m), diag, jnp.min(term.noise_var / diag), tol=term.cg_tol,
+                                      maxiter=term.cg_maxiter, has_aux=True)
     return lik, s
 
 
