@@ -82,8 +82,8 @@ def test_bad_input_exits_nonzero_and_leaves_out_untouched(tmp_path, files):
         "noise map with zeros": [f"--observation={files['good']}", f"--noise={files['noise_zero']}"],
         "PSF not normalised": [f"--psf={files['psf_unnormalised']}"],
         "checkpoint of another resolution": [f"--config={os.path.join(REPO, 'configs', 'tiny.py')}"],
-        "bf16 network with the tweedie likelihood": ["--config.model.dtype=bfloat16",
-                                                     "--config.sampling.likelihood=tweedie"],
+        "bf16 network with the dps likelihood": ["--config.model.dtype=bfloat16",
+                                                 "--config.sampling.likelihood=dps"],
         "non-empty --out": [],
     }
     fresh = tmp_path / "fresh"

@@ -12,6 +12,12 @@ respect (σ_n² I + A C Aᵀ ⪰ σ_n² I for any covariance C). For a symmetric
 floor this is conjugate gradients' iterate, computed another way; otherwise it is the solve
 with the operator's spectrum projected onto [floor, ∞) within the subspace, and
 ‖u‖ ≤ ‖r‖ / (floor · min diag) holds whatever the operator does.
+
+With `has_aux` it also returns the gain G op⁻¹ b for op = σ_n² I + A G, built from the G v of
+each Lanczos vector, with the Ritz pairs below the floor dropped instead of raised. That is what
+`tweedie` uses (G = ∂m/∂x Aᵀ): raising leaves the negative part of a learned ∂m/∂x multiplied by
+1/σ_n², an Euler–Maruyama step stiff enough at σ_max to throw chains off the data manifold;
+dropping treats those directions as if C were zero there, and bounds the step.
 """
 
 from __future__ import annotations

@@ -11,10 +11,12 @@ approximations of p_t(y | x_t) are built from it. Modes:
   matrix-free by conjugate gradients. Exact only for a flat prior.
 - ``'tweedie'`` (TMPD, Boys et al. 2023): p_t(y | x_t) ≈ N(y; A m, diag(σ_n²) + A C Aᵀ)
   with the Tweedie moments m = x + σ² s(x, t), C = σ² ∂m/∂x. Its gradient,
-  (∂m/∂x)ᵀ Aᵀ (σ_n² + A C Aᵀ)⁻¹ (y − A m), uses one linearisation of the
-  prior score and a Lanczos solve with the system's spectrum kept above σ_n²
-  (jaxlens.sample.krylov: a learned C is not positive definite at large σ).
-  Exact when the prior is Gaussian.
+  (∂m/∂x)ᵀ Aᵀ (σ_n² + A C Aᵀ)⁻¹ (y − A m), is taken as the gain
+  ∂m/∂x Aᵀ (σ_n² + A C Aᵀ)⁻¹ (y − A m) (equal for a true score, whose ∂m/∂x is
+  symmetric): one linearisation of the prior score and a Lanczos solve
+  (jaxlens.sample.krylov) that reuses its Jacobian products, with the
+  directions where the learned C has negative curvature (it does, at large σ)
+  dropped. Exact when the prior is Gaussian.
 - ``'dps'`` (Chung et al. 2023): ∇_x log N(y; A m(x), diag(σ_n²)), one VJP
   through the prior score (no guidance-scale heuristic).
 

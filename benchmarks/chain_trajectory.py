@@ -1,0 +1,95 @@
+"""Where along the reverse SDE does a chain go astray? (issue "calibration")
+
+  python benchmarks/chain_trajectory.py [--lenses 13] [--mode tweedie] [--n-steps 100] [--chains 3]
+      [--cg-maxiter 5] [--every 5]
+
+Runs the chains of benchmarks/coverage.py's held-out lenses with the same keys, one Euler–Maruyama
+step per compiled call, and prints per chain the state's norm ‖x‖ and the norms of the two drift
+terms of the step, g²|Δt| ‖likelihood score‖ and g²|Δt| ‖prior score‖. A sample that blew up in the
+coverage run shows here at the step where the likelihood's drift outgrows the state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import procedural_64  # noqa: E402
+from coverage import simulate  # noqa: E402
+from jaxlens.cli import common  # noqa: E402
+from jaxlens.lensing import lens_operator  # noqa: E402
+from jaxlens.prior import load_prior  # noqa: E402
+from jaxlens.sample import LIKELIHOOD_MODES, make_likelihood  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=os.path.join(os.path.dirname(HERE), "checkpoints", "procedural_64"))
+    ap.add_argument("--lenses", default="13", help="comma list of coverage.py lens indices")
+    ap.add_argument("--mode", default="tweedie", choices=LIKELIHOOD_MODES)
+    ap.add_argument("--n-steps", type=int, default=100)
+    ap.add_argument("--chains", type=int, default=3, help="coverage.py draws --samples + 1 chains per lens")
+    ap.add_argument("--cg-maxiter", type=int, default=5)
+    ap.add_argument("--every", type=int, default=5, help="print every k-th step (and the first and last)")
+    ap.add_argument("--seed", type=int, default=0, help="coverage.py's --seed")
+    args = ap.parse_args()
+    lenses = [int(v) for v in args.lenses.split(",")]
+    if min(lenses) < 0 or args.n_steps < 2 or args.chains < 1:
+        raise SystemExit("need lens indices >= 0, --n-steps >= 2 and --chains >= 1")
+
+    config = procedural_64.get_config()
+    geo, sigma_n = common.geometry(config), float(config.lens.sigma_n)
+    prior = load_prior(args.checkpoint)
+    sde, score = prior.sde, prior.score_fn()
+    shape = tuple(int(v) for v in prior.meta["image_shape"])
+    problems = simulate(max(lenses) + 1, args.seed, geo, sigma_n)
+    n, dt = args.n_steps, -1.0 / args.n_steps
+
+    for i in lenses:
+        p = problems[i]
+        A, AT = lens_operator(p.lens, geo)
+        term = make_likelihood(args.mode, p.y, A, AT, p.sigma_n, cg_maxiter=args.cg_maxiter)
+        # coverage.py's keys: lens key fold_in(key(seed + 7), lens); chain g starts from fold_in(·, g)
+        # then 0 and steps with fold_in(fold_in(·, g), 1) then the step index (quality.make_sampler).
+        key = jax.random.fold_in(jax.random.key(args.seed + 7), i)
+        chain_keys = [jax.random.fold_in(key, g) for g in range(args.chains)]
+        x = jnp.stack([sde.sigma_max * jax.random.normal(jax.random.fold_in(k, 0), shape) for k in chain_keys])
+        paths = jnp.stack([jax.random.fold_in(k, 1) for k in chain_keys])
+
+        @jax.jit
+        def step(x, paths, k):
+            t = 1.0 - k.astype(jnp.float32) / n
+            g2 = sde.g2(t)
+
+            def one(xi, path):
+                lik, s = term(score, xi, t, sde), score(xi, t)
+                z = jax.random.normal(jax.random.fold_in(path, k), xi.shape)
+                new = xi - g2 * (s + lik) * dt + jnp.sqrt(-g2 * dt) * z
+                return new, jnp.stack([jnp.linalg.norm(xi), -g2 * dt * jnp.linalg.norm(lik),
+                                       -g2 * dt * jnp.linalg.norm(s)])
+
+            return jax.vmap(one)(x, paths)
+
+        print(f"lens {i} ({args.mode}, N = {n}, cap {args.cg_maxiter}); truth ‖x‖ = {np.linalg.norm(p.truth):.2f}")
+        t0 = time.perf_counter()
+        for k in range(n):
+            x, stats = step(x, paths, jnp.int32(k))
+            if k % args.every == 0 or k == n - 1:
+                stats = np.asarray(stats)
+                print(f"  step {k:4d} t = {1 - k / n:.2f} σ = {float(sde.sigma(1 - k / n)):8.4f}  ‖x‖ {stats[:, 0].round(2)}"
+                      f"  g²|Δt|‖lik‖ {stats[:, 1].round(2)}  g²|Δt|‖prior‖ {stats[:, 2].round(2)}", flush=True)
+        final = np.linalg.norm(np.asarray(x).reshape(args.chains, -1), axis=1)
+        print(f"  final ‖x‖ {final.round(2)}; {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
