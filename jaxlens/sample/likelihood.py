@@ -210,19 +210,19 @@ def posterior_score(prior_score: ScoreFn, likelihood_term: LikelihoodTerm, sde: 
     return score_fn
 
 
-def _identity_off_valid(term: LikelihoodTerm, op: Operator) -> Operator:
-    # Off the used pixels the system is the identity, so b = 0 there gives 0.
-    def full_op(v):
-        return term.valid * op(term.valid * v) + (1.0 - term.valid) * v
-
-    return full_op
+def _identity_off_valid(term: LikelihoodTerm, v: jax.Array, w: jax.Array) -> jax.Array:
+    # The system's product w on the used pixels, the identity off them (b = 0 there gives 0).
+    return term.valid * w + (1.0 - term.valid) * v
 
 
 def _cg_solve(term: LikelihoodTerm, op: Operator, b: jax.Array, diag: jax.Array) -> jax.Array:
     def precond(v):
         return v / diag
 
-    u, _ = cg(_identity_off_valid(term, op), b, x0=b / diag, tol=term.cg_tol, maxiter=term.cg_maxiter,
+    def full_op(v):
+        return _identity_off_valid(term, v, op(term.valid * v))
+
+    u, _ = cg(full_op, b, x0=b / diag, tol=term.cg_tol, maxiter=term.cg_maxiter,
               M=precond)
     return u
 
@@ -259,9 +259,9 @@ def _tweedie(term, score_fn, x, t, sde):
     (m, s), lin = jax.linearize(mean_and_score, x)
 
     def op(v):
-        # (σ_n² I + σ² A J Aᵀ) v on the used pixels, the identity elsewhere, and J Aᵀ v.
+        # (σ_n² I + σ² A J Aᵀ) v, and J Aᵀ v for the gain.
         jv = lin(term.AT(term.valid * v))[0]
-        return term.valid * (term.noise_var * v + var_t * term.A(jv)) + (1.0 - term.valid) * v, jv
+        return _identity_off_valid(term, v, term.noise_var * v + var_t * term.A(jv)), jv
 
     diag = term.noise_var + var_t
     # The gradient is Jᵀ Aᵀ u with u = (σ_n² I + A C Aᵀ)⁻¹ (y − A m); for a true score J is
