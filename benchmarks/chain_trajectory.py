@@ -24,11 +24,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import procedural_64  # noqa: E402
-from coverage import simulate  # noqa: E402
+from coverage import lens_key, simulate  # noqa: E402
 from jaxlens.cli import common  # noqa: E402
 from jaxlens.lensing import lens_operator  # noqa: E402
 from jaxlens.prior import load_prior  # noqa: E402
 from jaxlens.sample import LIKELIHOOD_MODES, make_likelihood  # noqa: E402
+from quality import chain_keys  # noqa: E402
 
 
 def main() -> None:
@@ -58,12 +59,9 @@ def main() -> None:
         p = problems[i]
         A, AT = lens_operator(p.lens, geo)
         term = make_likelihood(args.mode, p.y, A, AT, p.sigma_n, cg_maxiter=args.cg_maxiter)
-        # coverage.py's keys: lens key fold_in(key(seed + 7), lens); chain g starts from fold_in(·, g)
-        # then 0 and steps with fold_in(fold_in(·, g), 1) then the step index (quality.make_sampler).
-        key = jax.random.fold_in(jax.random.key(args.seed + 7), i)
-        chain_keys = [jax.random.fold_in(key, g) for g in range(args.chains)]
-        x = jnp.stack([sde.sigma_max * jax.random.normal(jax.random.fold_in(k, 0), shape) for k in chain_keys])
-        paths = jnp.stack([jax.random.fold_in(k, 1) for k in chain_keys])
+        starts, paths = (jnp.stack(k) for k in zip(*(chain_keys(lens_key(args.seed, i), g)
+                                                        for g in range(args.chains))))
+        x = sde.sigma_max * jax.vmap(lambda k: jax.random.normal(k, shape))(starts)
 
         @jax.jit
         def step(x, paths, k):

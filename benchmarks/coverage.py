@@ -68,6 +68,15 @@ def simulate(n: int, seed: int, geo, sigma_n: float):
                               sigma_n) for k, lens in tqdm(list(enumerate(lenses)), desc="simulating lenses")]
 
 
+def lens_key(seed: int, k: int) -> jax.Array:
+    """The key of held-out lens k (as quality.make_sampler folds it in); quality.chain_keys gives its chains'."""
+    return jax.random.fold_in(sampling_key(seed), k)
+
+
+def sampling_key(seed: int) -> jax.Array:
+    return jax.random.key(seed + 7)
+
+
 def sample_mode(mode, prior, geo, shape, problems, n_steps, args, settings) -> tuple[np.ndarray, float]:
     """[n_lenses, samples + 1, H, W, C] posterior samples and the wall time, cached in --workdir.
 
@@ -93,7 +102,7 @@ def sample_mode(mode, prior, geo, shape, problems, n_steps, args, settings) -> t
         for b in range(0, len(todo), args.lens_batch):
             part = todo[b : b + args.lens_batch]
             t0 = time.perf_counter()
-            new = run(jax.random.key(args.seed + 7), [p.y for p in part], [p.lens for p in part],
+            new = run(sampling_key(args.seed), [p.y for p in part], [p.lens for p in part],
                       [p.sigma_n for p in part], bar, first=len(samples))
             samples, wall = np.concatenate([samples, new]), wall + time.perf_counter() - t0
             os.makedirs(args.workdir, exist_ok=True)

@@ -72,6 +72,12 @@ def random_lenses(n: int, seed: int) -> list[LensParams]:
     return out
 
 
+def chain_keys(key: jax.Array, g) -> tuple[jax.Array, jax.Array]:
+    """(start, path) keys of chain g of an observation: its σ_max draw and its Euler–Maruyama noise."""
+    chain = jax.random.fold_in(key, g)
+    return jax.random.fold_in(chain, 0), jax.random.fold_in(chain, 1)
+
+
 def make_sampler(prior, geometry, shape, *, n_chains: int, n_steps: int, lens_batch: int, likelihood: str,
                  segments: int = 100, cg_maxiter: int = 200):
     """run(key, ys, lenses, sigmas, bar, first=0) -> samples [K, n_chains, H, W, C] for K observations.
@@ -89,8 +95,7 @@ def make_sampler(prior, geometry, shape, *, n_chains: int, n_steps: int, lens_ba
         steps = start + jnp.arange(seg, dtype=jnp.int32)
 
         def chain(g, xi):
-            path = jax.random.fold_in(jax.random.fold_in(key, g), 1)
-            return integrate(path, post, sde, xi, steps, n_steps)
+            return integrate(chain_keys(key, g)[1], post, sde, xi, steps, n_steps)
 
         return jax.vmap(chain)(jnp.arange(n_chains), x)
 
@@ -99,7 +104,7 @@ def make_sampler(prior, geometry, shape, *, n_chains: int, n_steps: int, lens_ba
     @jax.jit
     def init(key):
         def chain(g):
-            return sde.sigma_max * jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, g), 0), shape)
+            return sde.sigma_max * jax.random.normal(chain_keys(key, g)[0], shape)
 
         return jax.vmap(chain)(jnp.arange(n_chains))
 
