@@ -116,8 +116,9 @@ def _subspace_solve(alpha, beta, k, norm_b, floor):
     lam, Q = jacobi_eigh(jnp.diag(diag) + jnp.diag(off, 1) + jnp.diag(off, -1))
     weight = Q[0] * norm_b
     raised = Q @ (weight / jnp.maximum(lam, floor))
-    removed = Q @ jnp.where(lam > floor, weight / jnp.where(lam > floor, lam, 1.0), 0.0)
-    return jnp.where(used, raised, 0.0), jnp.where(used, removed, 0.0), jnp.sum(lam < floor)
+    kept = lam >= floor
+    removed = Q @ jnp.where(kept, weight / jnp.where(kept, lam, 1.0), 0.0)
+    return jnp.where(used, raised, 0.0), jnp.where(used, removed, 0.0), jnp.sum(~kept)
 
 
 def clipped_lanczos_solve(
