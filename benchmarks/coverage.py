@@ -10,6 +10,10 @@ settings reuses them and runs only the lenses not yet done. For each mode it rep
 signed area (< 0 over-confident), the median χ²_ν, the per-sample source error, the number of
 non-finite samples, the cost per step in network evaluations and the wall time per sample.
 
+Mode `prior` draws unconditional samples (eq19 with σ_n = 10⁶, so the data term vanishes) and
+scores them against the same sources: how far the prior alone is from the data, the reference
+against which a posterior's calibration is read.
+
 The noise floor: with n lenses even an exact sampler's curve strays from the diagonal by about
 1/√n. The script measures that floor on the same lenses by replacing the truth with one more
 posterior sample of the mode (exchangeable with the others, hence calibrated by construction).
@@ -48,6 +52,12 @@ from quality import machine, make_sampler, random_lenses, seconds_per_state  # n
 HEADING = "## Coverage (TARP) at 64² (shipped prior)"
 SOURCE_OFFSET = 10_000  # held-out seeds not used by quality.py
 SOLVES = {"eq12": "cg", "tweedie": "lanczos gain, negative curvature dropped"}
+MODES = LIKELIHOOD_MODES + ("prior",)
+PRIOR_SIGMA_N = 1e6  # mode "prior": the likelihood term is ~1e-12 of the prior's
+
+
+def likelihood_of(mode: str) -> str:
+    return "eq19" if mode == "prior" else mode
 
 
 def step_cost(prior, term, shape, batch: int, t: float = 0.5) -> tuple[float, float]:
@@ -96,14 +106,14 @@ def sample_mode(mode, prior, geo, shape, problems, n_steps, args, settings) -> t
     if len(samples) == len(problems):
         return samples, wall
     run = make_sampler(prior, geo, shape, n_chains=args.samples + 1, n_steps=n_steps,
-                       lens_batch=args.lens_batch, likelihood=mode, cg_maxiter=args.cg_maxiter)
+                       lens_batch=args.lens_batch, likelihood=likelihood_of(mode), cg_maxiter=args.cg_maxiter)
     todo = problems[len(samples):]
     with tqdm(total=len(todo) * (args.samples + 1) * n_steps, unit="chain-step", desc=mode) as bar:
         for b in range(0, len(todo), args.lens_batch):
             part = todo[b : b + args.lens_batch]
             t0 = time.perf_counter()
             new = run(sampling_key(args.seed), [p.y for p in part], [p.lens for p in part],
-                      [p.sigma_n for p in part], bar, first=len(samples))
+                      [PRIOR_SIGMA_N if mode == "prior" else p.sigma_n for p in part], bar, first=len(samples))
             samples, wall = np.concatenate([samples, new]), wall + time.perf_counter() - t0
             os.makedirs(args.workdir, exist_ok=True)
             np.savez(path, samples=samples, wall=wall, settings=json.dumps(dict(settings, lenses=len(samples))))
@@ -144,8 +154,8 @@ def main() -> None:
                                                            "drawn for the noise-floor test)")
     ap.add_argument("--n-steps", type=int, default=200, help="Euler–Maruyama steps (≳110 for stability)")
     ap.add_argument("--modes", default="eq19,tweedie,dps",
-                    help="comma list of mode[:n[:steps]]: n = how many of the lenses that mode runs, steps = its "
-                         "own step count (both for cost)")
+                    help="comma list of mode[:n[:steps]] (modes: the likelihoods and 'prior'): n = how many of the "
+                         "lenses that mode runs, steps = its own step count (both for cost)")
     ap.add_argument("--references", type=int, default=64, help="TARP reference draws per lens, averaged")
     ap.add_argument("--lens-batch", type=int, default=16, help="lenses per compiled call")
     ap.add_argument("--cg-maxiter", type=int, default=20, help="CG cap of 'eq12' and 'tweedie'")
@@ -158,9 +168,9 @@ def main() -> None:
     for entry in filter(None, (m.strip() for m in args.modes.split(","))):
         mode, n, steps = (entry.split(":") + ["", ""])[:3]
         modes[mode] = (min(int(n or args.lenses), args.lenses), int(steps or args.n_steps))
-    bad = [m for m, (n, steps) in modes.items() if m not in LIKELIHOOD_MODES or n < 2 or steps < 2]
+    bad = [m for m, (n, steps) in modes.items() if m not in MODES or n < 2 or steps < 2]
     if bad or not modes or args.lenses < 2 or args.samples < 1 or args.n_steps < 2:
-        raise SystemExit(f"need modes from {LIKELIHOOD_MODES} with >= 2 lenses each (bad: {bad or 'none'}), "
+        raise SystemExit(f"need modes from {MODES} with >= 2 lenses each (bad: {bad or 'none'}), "
                          "--lenses >= 2, --samples >= 1 and --n-steps >= 2")
 
     config = procedural_64.get_config()
@@ -174,7 +184,7 @@ def main() -> None:
     batch = args.lens_batch * (args.samples + 1)
     rows, curves = [], {}
     for mode, (n, n_steps) in modes.items():
-        term = make_likelihood(mode, problems[0].y, A, AT, sigma_n, cg_maxiter=args.cg_maxiter)
+        term = make_likelihood(likelihood_of(mode), problems[0].y, A, AT, sigma_n, cg_maxiter=args.cg_maxiter)
         per_step, evals = step_cost(prior, term, shape, batch)
         # A cache made by another linear solve (tweedie used plain CG before 2026-11-27) is not reused.
         solve = {"solve": SOLVES[mode]} if mode in SOLVES else {}
