@@ -1,7 +1,9 @@
 """TARP coverage of each likelihood mode with the shipped 64² prior (issue "calibration").
 
-  python benchmarks/coverage.py [--lenses 100] [--samples 2] [--n-steps 200] [--modes eq19,tweedie,dps]
-      [--references 64] [--workdir out/coverage] [--results benchmarks/RESULTS.md] [--figdir docs/coverage]
+  python benchmarks/coverage.py [--checkpoint checkpoints/procedural_64] [--lenses 100] [--samples 2]
+      [--n-steps 200] [--modes eq19,tweedie,dps]  (each mode[:lenses[:steps]]; also 'prior')
+      [--references 64] [--lens-batch 16] [--cg-maxiter 20] [--seed 0]
+      [--workdir out/coverage] [--results benchmarks/RESULTS.md] [--figdir docs/coverage]
 
 Held-out simulated lenses (sources from held-out seeds, random SIE + shear, σ_n from the config)
 are sampled with every mode; samples are saved per mode under --workdir, so a rerun with the same

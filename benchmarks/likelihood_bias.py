@@ -20,7 +20,7 @@ Two sources of numbers:
 Also timed: wall time per reverse step for 64 chains (compiled, CG capped at
 `--cg-maxiter`). Run from the repository root:
 
-    python benchmarks/likelihood_bias.py [--steps 500] [--chains 256] [--no-append]
+    python benchmarks/likelihood_bias.py [--steps 500] [--chains 256] [--cg-maxiter 100] [--no-append]
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The paper's claims measured with the shipped 64² prior (issue "embedded default").
 
   python benchmarks/quality.py [--checkpoint checkpoints/procedural_64] [--lenses 20] [--n-chains 16]
-      [--n-steps 0] [--prior-samples 500] [--lens-batch 1] [--noise-levels 0.01,0.03,0.1,0.3,1]
+      [--n-steps 0] [--prior-samples 500] [--prior-steps 0] [--prior-batch 16] [--lens-batch 1]
+      [--noise-levels 0.01,0.03,0.1,0.3,1] [--sigma-n 0] [--likelihood eq19] [--seed 0]
       [--results benchmarks/RESULTS.md] [--figdir docs/quality] [--estimate-only]
 
 1. Residuals at the noise level: χ²_ν of the posterior samples of held-out simulated lenses

@@ -2,7 +2,7 @@
 
   python benchmarks/sampler_throughput.py [--config paper_probes_256] [--batches 8,32,128,256]
       [--precisions float32,bfloat16] [--steps 8] [--repeats 3] [--train-batch 32] [--json results.json]
-      [--flops-only]
+      [--likelihood eq19] [--cg-maxiter 5] [--flops-only]
 
 One step is what `sample_posterior` runs: the NCSN++ prior score plus the paper's convolved
 likelihood (eq. 19) through the config's lens operator (256² source → 128² image for the paper
