@@ -101,7 +101,9 @@ def sample_mode(mode, prior, geo, shape, problems, n_steps, args, settings) -> t
     if os.path.exists(path):
         cached = np.load(path)
         kept = json.loads(str(cached["settings"]))
-        if {k: v for k, v in kept.items() if k != "lenses"} == settings:
+        # The solve cap does not change the modes without a solve (older caches recorded it for all).
+        ignored = {"lenses"} | (set() if mode in SOLVES else {"cg_maxiter"})
+        if {k: v for k, v in kept.items() if k not in ignored} == settings:
             samples, wall = cached["samples"][: len(problems)], float(cached["wall"])
             wall *= len(samples) / len(cached["samples"])
             print(f"{mode}: {len(samples)} of {len(problems)} lenses' samples loaded from {path}")
@@ -180,8 +182,7 @@ def main() -> None:
     prior = load_prior(args.checkpoint)
     shape = tuple(int(v) for v in prior.meta["image_shape"])
     problems = simulate(args.lenses, args.seed, geo, sigma_n)
-    settings = dict(samples=args.samples, seed=args.seed,
-                    cg_maxiter=args.cg_maxiter, prior_step=prior.meta.get("step"))
+    settings = dict(samples=args.samples, seed=args.seed, prior_step=prior.meta.get("step"))
     A, AT = lens_operator(problems[0].lens, geo)
     batch = args.lens_batch * (args.samples + 1)
     rows, curves = [], {}
@@ -189,7 +190,7 @@ def main() -> None:
         term = make_likelihood(likelihood_of(mode), problems[0].y, A, AT, sigma_n, cg_maxiter=args.cg_maxiter)
         per_step, evals = step_cost(prior, term, shape, batch)
         # A cache made by another linear solve (tweedie used plain CG before 2026-11-27) is not reused.
-        solve = {"solve": SOLVES[mode]} if mode in SOLVES else {}
+        solve = {"solve": SOLVES[mode], "cg_maxiter": args.cg_maxiter} if mode in SOLVES else {}
         samples, wall = sample_mode(mode, prior, geo, shape, problems[:n], n_steps, args,
                                     dict(settings, n_steps=n_steps, **solve))
         r = evaluate(samples, problems[:n], geo, args)
