@@ -9,7 +9,8 @@ Held-out simulated lenses (sources from held-out seeds, random SIE + shear, σ_n
 are sampled with every mode; samples are saved per mode under --workdir, so a rerun with the same
 settings reuses them and runs only the lenses not yet done. For each mode it reports the TARP curve (Lemos et al.
 2023) in the source plane, its largest distance from the diagonal with a bootstrap error, the
-signed area (< 0 over-confident), the median χ²_ν, the per-sample source error, the number of
+signed area (< 0 over-confident), the spread/skill ratio (1 when the truth is
+exchangeable with the samples), the median χ²_ν, the per-sample source error, the number of
 non-finite samples, the cost per step in network evaluations and the wall time per sample.
 
 Mode `prior` draws unconditional samples (eq19 with σ_n = 10⁶, so the data term vanishes) and
@@ -144,6 +145,15 @@ def evaluate(samples, problems, geo, args) -> dict:
         chi2.append(np.median(metrics.reduced_chi2(p.y[None] - np.asarray(jax.vmap(A)(jnp.asarray(xs))), p.sigma_n)))
         err.append(np.median(np.linalg.norm((xs - p.truth).reshape(len(xs), -1), axis=1)
                              / np.linalg.norm(p.truth)))
+    # Spread/skill: for a calibrated posterior the truth is exchangeable with the samples, so
+    # E‖x_i − x_j‖² = E‖x_i − x*‖²; the ratio of the two means over lenses is 1 (< 1: over-confident).
+    flat, tf = s.reshape(len(s), s.shape[1], -1).astype(np.float64), t.reshape(len(t), -1)
+    skill = ((flat - tf[:, None]) ** 2).sum(-1).mean(1)
+    pairs = [(i, j) for i in range(flat.shape[1]) for j in range(i + 1, flat.shape[1])]
+    spread = np.mean([((flat[:, i] - flat[:, j]) ** 2).sum(-1) for i, j in pairs], axis=0)
+    rng = np.random.default_rng(args.seed)
+    boot = [spread[b].mean() / skill[b].mean() for b in rng.integers(0, len(s), (500, len(s)))]
+    out.update(spread_skill=float(spread.mean() / skill.mean()), spread_skill_std=float(np.std(boot)))
     out.update(curve=curve, floor=floor, max_dev=max_calibration_error(curve[0], curve[1]),
                max_dev_std=float(curve[2][worst]), floor_dev=max_calibration_error(floor[0], floor[1]),
                bias=coverage_bias(curve[0], curve[1]), chi2=float(np.median(chi2)), err=float(np.median(err)))
@@ -224,11 +234,11 @@ def main() -> None:
         f"Technique 2's confidence), CG cap {args.cg_maxiter}; TARP in the source plane, Euclidean distance in pixel "
         f"units, {args.references} reference points per lens, ±: bootstrap std over lenses.", "",
         f"Command: `python benchmarks/coverage.py {' '.join(sys.argv[1:])}`".replace("  ", " "), "",
-        "| mode | lenses | N (p(N)) | max \\|ECP − α\\| | signed area | noise floor (exchangeable) | χ²_ν median | source error "
+        "| mode | lenses | N (p(N)) | max \\|ECP − α\\| | signed area | noise floor (exchangeable) | spread / skill | χ²_ν median | source error "
         "per sample | non-finite lenses | network evals / step at t = 0.5 | over the run | s / sample |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(f"| {r['mode']} | {r['lenses']} | {r['n_steps']} ({p_of(r['n_steps']):.2f}) | {fmt(r, 'max_dev', '.3f')} ± {fmt(r, 'max_dev_std', '.3f')} | {fmt(r, 'bias', '+.3f')} "
-          f"| {fmt(r, 'floor_dev', '.3f')} | {fmt(r, 'chi2', '.3f')} | {fmt(r, 'err', '.3f')} | "
+          f"| {fmt(r, 'floor_dev', '.3f')} | {fmt(r, 'spread_skill', '.3f')} ± {fmt(r, 'spread_skill_std', '.3f')} | {fmt(r, 'chi2', '.3f')} | {fmt(r, 'err', '.3f')} | "
           f"{r['non_finite_lenses']} | {r['evals']:.1f} | {r['evals_run']:.1f} | {r['per_sample']:.1f} |"
           for r in rows),
         "", f"Figure: [tarp.png]({figrel}/tarp.png)", "",
