@@ -145,15 +145,8 @@ def evaluate(samples, problems, geo, args) -> dict:
         chi2.append(np.median(metrics.reduced_chi2(p.y[None] - np.asarray(jax.vmap(A)(jnp.asarray(xs))), p.sigma_n)))
         err.append(np.median(np.linalg.norm((xs - p.truth).reshape(len(xs), -1), axis=1)
                              / np.linalg.norm(p.truth)))
-    # Spread/skill: for a calibrated posterior the truth is exchangeable with the samples, so
-    # E‖x_i − x_j‖² = E‖x_i − x*‖²; the ratio of the two means over lenses is 1 (< 1: over-confident).
-    flat, tf = s.reshape(len(s), s.shape[1], -1).astype(np.float64), t.reshape(len(t), -1)
-    skill = ((flat - tf[:, None]) ** 2).sum(-1).mean(1)
-    pairs = [(i, j) for i in range(flat.shape[1]) for j in range(i + 1, flat.shape[1])]
-    spread = np.mean([((flat[:, i] - flat[:, j]) ** 2).sum(-1) for i, j in pairs], axis=0)
-    rng = np.random.default_rng(args.seed)
-    boot = [spread[b].mean() / skill[b].mean() for b in rng.integers(0, len(s), (500, len(s)))]
-    out.update(spread_skill=float(spread.mean() / skill.mean()), spread_skill_std=float(np.std(boot)))
+    ratio, ratio_std = metrics.spread_skill(s, t, seed=args.seed)
+    out.update(spread_skill=ratio, spread_skill_std=ratio_std)
     out.update(curve=curve, floor=floor, max_dev=max_calibration_error(curve[0], curve[1]),
                max_dev_std=float(curve[2][worst]), floor_dev=max_calibration_error(floor[0], floor[1]),
                bias=coverage_bias(curve[0], curve[1]), chi2=float(np.median(chi2)), err=float(np.median(err)))

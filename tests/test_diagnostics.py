@@ -146,6 +146,20 @@ def _gaussian_sims(rng, k, n_sims=1000, n_samples=100, dim=8):
     return samples.astype(np.float32), truth.astype(np.float32)
 
 
+@pytest.mark.parametrize("k", [1.0, 0.5, 2.0])
+def test_spread_skill_matches_its_closed_form(k):
+    """Samples spread k times the posterior around its mean: spread/skill = 2k²/(k² + 1)."""
+    samples, truth = _gaussian_sims(np.random.default_rng(1), k, n_sims=400, n_samples=20)
+    ratio, std = dg.spread_skill(samples, truth)
+    assert 0 < std < 0.05
+    assert abs(ratio - 2 * k**2 / (k**2 + 1)) < 4 * std
+
+
+def test_spread_skill_rejects_a_single_sample():
+    with pytest.raises(ValueError):
+        dg.spread_skill(np.zeros((5, 1, 4)), np.zeros((5, 4)))
+
+
 @pytest.fixture(scope="module")
 def tarp_curves():
     rng = np.random.default_rng(0)

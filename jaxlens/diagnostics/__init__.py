@@ -20,6 +20,7 @@ from jaxlens.diagnostics.metrics import (
     reduced_chi2,
     region_std,
     residual_snr,
+    spread_skill,
 )
 from jaxlens.diagnostics.morphology import (
     Morphology,
@@ -67,6 +68,7 @@ __all__ = [
     "reduced_chi2",
     "region_std",
     "residual_snr",
+    "spread_skill",
     "tarp_bootstrap",
     "tarp_coverage",
     "tarp_statistic",

@@ -1,4 +1,4 @@
-"""Goodness of fit and posterior summaries: χ²_ν, residual SNR, mean/std maps, magnification regions.
+"""Goodness of fit and posterior summaries: χ²_ν, residual SNR, mean/std maps, spread/skill, magnification regions.
 
 These run on the host after sampling, in numpy (float64 accumulation), and take
 plain arrays. Noise conventions follow `jaxlens.io.read_noise`: σ_n is a scalar
@@ -24,6 +24,7 @@ __all__ = [
     "reduced_chi2",
     "region_std",
     "residual_snr",
+    "spread_skill",
 ]
 
 
@@ -123,6 +124,33 @@ def posterior_moments(samples, *, axis: int = 0) -> tuple[np.ndarray, np.ndarray
     if x.ndim < 1 or x.shape[axis] < 2:
         raise ValueError(f"posterior_moments needs at least two samples along axis {axis}, got {x.shape}")
     return x.mean(axis=axis).astype(np.float32), x.std(axis=axis, ddof=1).astype(np.float32)
+
+
+def spread_skill(samples, truths, *, n_bootstrap: int = 500, seed: int = 0) -> tuple[float, float]:
+    """(ratio, bootstrap std) of E‖x_i − x_j‖² between samples to E‖x_i − x*‖² from samples to truth.
+
+    For a calibrated posterior the truth is exchangeable with the samples, so both are 2 tr Cov
+    and the ratio of their means over simulations is 1; < 1 means samples closer to each other
+    than to the truth (over-confident), > 1 the reverse. Samples spread k times the posterior
+    around its mean give 2k²/(k² + 1). Unlike TARP's worst-α deviation it pools every pixel of
+    every simulation, so its bootstrap error (over simulations) is far smaller.
+
+    Args:
+      samples: [n_sims, n_samples >= 2, ...].
+      truths: [n_sims, ...].
+    """
+    x = np.asarray(samples, np.float64)
+    t = np.asarray(truths, np.float64)
+    if x.ndim < 2 or x.shape[1] < 2 or t.shape != x.shape[:1] + x.shape[2:]:
+        raise ValueError(f"need samples [n_sims, n >= 2, ...] and truths [n_sims, ...], got {x.shape}, {t.shape}")
+    x, t = x.reshape(x.shape[0], x.shape[1], -1), t.reshape(t.shape[0], -1)
+    n = x.shape[1]
+    skill = ((x - t[:, None]) ** 2).sum(-1).mean(1)
+    # The mean over pairs of ‖x_i − x_j‖² is 2 Σ‖x_i − x̄‖² / (n − 1).
+    spread = 2.0 * ((x - x.mean(1, keepdims=True)) ** 2).sum((1, 2)) / (n - 1)
+    idx = np.random.default_rng(seed).integers(0, len(x), (n_bootstrap, len(x)))
+    boot = spread[idx].mean(1) / skill[idx].mean(1)
+    return float(spread.mean() / skill.mean()), float(boot.std())
 
 
 # --------------------------------------------------------------------------- magnification
