@@ -28,7 +28,7 @@ from coverage import lens_key, simulate  # noqa: E402
 from jaxlens.cli import common  # noqa: E402
 from jaxlens.lensing import lens_operator  # noqa: E402
 from jaxlens.prior import load_prior  # noqa: E402
-from jaxlens.sample import LIKELIHOOD_MODES, make_likelihood  # noqa: E402
+from jaxlens.sample import LIKELIHOOD_MODES, EulerMaruyama, make_likelihood  # noqa: E402
 from quality import chain_keys  # noqa: E402
 
 
@@ -70,8 +70,8 @@ def main() -> None:
 
             def one(xi, path):
                 lik, s = term(score, xi, t, sde), score(xi, t)
-                z = jax.random.normal(jax.random.fold_in(path, k), xi.shape)
-                new = xi - g2 * (s + lik) * dt + jnp.sqrt(-g2 * dt) * z
+                # The sampler's own step (and key per step, as in solvers.integrate), on the two terms.
+                new = EulerMaruyama().step(lambda z, tt: s + lik, sde, xi, t, dt, jax.random.fold_in(path, k))
                 return new, jnp.stack([jnp.linalg.norm(xi), -g2 * dt * jnp.linalg.norm(lik),
                                        -g2 * dt * jnp.linalg.norm(s)])
 
