@@ -73,12 +73,39 @@ def step_cost(prior, term, shape, batch: int, t: float = 0.5) -> tuple[float, fl
     return per_step, per_step / seconds_per_state(net, x, tt)
 
 
-def simulate(n: int, seed: int, geo, sigma_n: float):
+def simulate(n: int, seed: int, geo, sigma_n: float, sources=None):
+    """n held-out lenses; their sources are procedural galaxies from held-out seeds unless given."""
     lenses = random_lenses(n, seed + 1)
+    if sources is None:
+        sources = [procedural_galaxy(HELD_OUT_SEED_START + SOURCE_OFFSET + k, geo.src_npix) for k in range(n)]
     key = jax.random.key(seed)
-    return [simulated_problem(jax.random.fold_in(key, k),
-                              procedural_galaxy(HELD_OUT_SEED_START + SOURCE_OFFSET + k, geo.src_npix), lens, geo,
-                              sigma_n) for k, lens in tqdm(list(enumerate(lenses)), desc="simulating lenses")]
+    return [simulated_problem(jax.random.fold_in(key, k), src, lens, geo, sigma_n)
+            for k, (src, lens) in tqdm(list(enumerate(zip(sources, lenses))), desc="simulating lenses")]
+
+
+def prior_sources(prior, geo, shape, n: int, n_steps: int, args) -> np.ndarray:
+    """[n, H, W, C] unconditional draws of the prior (eq19 at σ_n = 10⁶), cached in --workdir.
+
+    With these as the truths the test is self-consistent (simulation-based calibration): an exact
+    posterior under the prior is then calibrated by construction, so what the curve shows is the
+    likelihood term's and the sampler's error alone, without the prior's mismatch to the data.
+    """
+    path = os.path.join(args.workdir, "truths_prior.npz")
+    settings = json.dumps(dict(seed=args.seed, n_steps=n_steps, prior_step=prior.meta.get("step")))
+    if os.path.exists(path):
+        cached = np.load(path)
+        if str(cached["settings"]) == settings and len(cached["sources"]) >= n:
+            print(f"truths: {n} prior draws loaded from {path}")
+            return cached["sources"][:n]
+    lenses = random_lenses(n, args.seed + 1)  # any lens: the data term is nil at σ_n = 10⁶
+    run = make_sampler(prior, geo, shape, n_chains=1, n_steps=n_steps, lens_batch=args.lens_batch,
+                       likelihood="eq19")
+    zero = np.zeros(geo.img_shape + shape[-1:], np.float32)
+    with tqdm(total=n * n_steps, unit="chain-step", desc="prior truths") as bar:
+        sources = run(jax.random.key(args.seed + 13), [zero] * n, lenses, [PRIOR_SIGMA_N] * n, bar)[:, 0]
+    os.makedirs(args.workdir, exist_ok=True)
+    np.savez(path, sources=sources, settings=settings)
+    return sources
 
 
 def lens_key(seed: int, k: int) -> jax.Array:
@@ -166,6 +193,10 @@ def main() -> None:
     ap.add_argument("--references", type=int, default=64, help="TARP reference draws per lens, averaged")
     ap.add_argument("--lens-batch", type=int, default=16, help="lenses per compiled call")
     ap.add_argument("--cg-maxiter", type=int, default=20, help="CG cap of 'eq12' and 'tweedie'")
+    ap.add_argument("--truths", choices=("procedural", "prior"), default="procedural",
+                    help="the lenses' sources: held-out procedural galaxies, or draws of the prior itself "
+                         "(the self-consistent test; use its own --workdir)")
+    ap.add_argument("--truth-steps", type=int, default=300, help="Euler–Maruyama steps of the prior's draws")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=os.path.join(REPO, "out", "coverage"))
     ap.add_argument("--results", default=os.path.join(REPO, "benchmarks", "RESULTS.md"))
@@ -184,8 +215,12 @@ def main() -> None:
     geo, sigma_n = common.geometry(config), float(config.lens.sigma_n)
     prior = load_prior(args.checkpoint)
     shape = tuple(int(v) for v in prior.meta["image_shape"])
-    problems = simulate(args.lenses, args.seed, geo, sigma_n)
     settings = dict(samples=args.samples, seed=args.seed, prior_step=prior.meta.get("step"))
+    sources = None
+    if args.truths == "prior":
+        sources = prior_sources(prior, geo, shape, args.lenses, args.truth_steps, args)
+        settings.update(truths="prior", truth_steps=args.truth_steps)
+    problems = simulate(args.lenses, args.seed, geo, sigma_n, sources)
     A, AT = lens_operator(problems[0].lens, geo)
     batch = args.lens_batch * (args.samples + 1)
     rows, curves = [], {}
@@ -218,11 +253,15 @@ def main() -> None:
     def p_of(n_steps):
         return step_confidence(n_steps, int(np.prod(shape)), prior.sde.sigma_min, prior.sde.sigma_max)
 
+    truths_text = ("sources drawn from the prior itself (eq19 at σ_n = 10⁶, "
+                   f"N = {args.truth_steps}: the self-consistent test)" if args.truths == "prior"
+                   else "sources from held-out procedural seeds")
     figrel = os.path.relpath(args.figdir, os.path.dirname(os.path.abspath(args.results)))
     lines = [
         HEADING, "",
         f"{datetime.date.today().isoformat()} — {machine()}. Prior `{os.path.relpath(args.checkpoint, REPO)}` "
         f"(training step {prior.meta.get('step', '?')}); up to {args.lenses} held-out lenses at σ_n = {sigma_n:g}, "
+        f"{truths_text}, "
         f"{args.samples} posterior samples each (+1 for the noise floor), N Euler–Maruyama steps (p(N): "
         f"Technique 2's confidence), CG cap {args.cg_maxiter}; TARP in the source plane, Euclidean distance in pixel "
         f"units, {args.references} reference points per lens, ±: bootstrap std over lenses.", "",
