@@ -245,7 +245,8 @@ def main() -> None:
     os.makedirs(args.figdir, exist_ok=True)
     if curves:
         coverage_plot(os.path.join(args.figdir, "tarp.png"), curves,
-                      title=f"TARP, {args.samples} samples per lens")
+                      title=f"TARP, {args.samples} samples per lens"
+                      + (", sources drawn from the prior" if args.truths == "prior" else ""))
 
     def fmt(r, key, spec):
         return format(r[key], spec) if key in r else "—"
