@@ -2,7 +2,8 @@
 
   python benchmarks/coverage.py [--checkpoint checkpoints/procedural_64] [--lenses 100] [--samples 2]
       [--n-steps 200] [--modes eq19,tweedie,dps]  (each mode[:lenses[:steps]]; also 'prior')
-      [--references 64] [--lens-batch 16] [--cg-maxiter 20] [--seed 0]
+      [--references 64] [--lens-batch 16] [--cg-maxiter 20] [--truths procedural|prior] [--truth-steps 300]
+      [--seed 0]
       [--workdir out/coverage] [--results benchmarks/RESULTS.md] [--figdir docs/coverage]
 
 Held-out simulated lenses (sources from held-out seeds, random SIE + shear, σ_n from the config)
@@ -16,6 +17,10 @@ non-finite samples, the cost per step in network evaluations and the wall time p
 Mode `prior` draws unconditional samples (eq19 with σ_n = 10⁶, so the data term vanishes) and
 scores them against the same sources: how far the prior alone is from the data, the reference
 against which a posterior's calibration is read.
+
+With `--truths prior` the sources are unconditional draws of the prior itself (N = --truth-steps),
+not procedural galaxies: the self-consistent test, where an exact posterior is calibrated by
+construction, so that the prior's mismatch to the data drops out of the curve.
 
 The noise floor: with n lenses even an exact sampler's curve strays from the diagonal by about
 1/√n. The script measures that floor on the same lenses by replacing the truth with one more
