@@ -104,7 +104,7 @@ def prior_sources(prior, geo, shape, n: int, n_steps: int, args) -> np.ndarray:
             return cached["sources"][:n]
     lenses = random_lenses(n, args.seed + 1)  # any lens: the data term is nil at σ_n = 10⁶
     run = make_sampler(prior, geo, shape, n_chains=1, n_steps=n_steps, lens_batch=args.lens_batch,
-                       likelihood="eq19")
+                       likelihood=likelihood_of("prior"))
     zero = np.zeros(geo.img_shape + shape[-1:], np.float32)
     with tqdm(total=n * n_steps, unit="chain-step", desc="prior truths") as bar:
         sources = run(jax.random.key(args.seed + 13), [zero] * n, lenses, [PRIOR_SIGMA_N] * n, bar)[:, 0]
