@@ -40,6 +40,21 @@ def test_shipped_prior_loads_and_matches_its_config():
     assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(prior.params))
 
 
+def test_calibrated_config_is_the_default_with_the_coverage_settings():
+    sys.path.insert(0, REPO)
+    from configs import calibrated_64, procedural_64
+    from jaxlens.cli import common
+
+    calibrated, default = calibrated_64.get_config().to_dict(), procedural_64.get_config().to_dict()
+    changed = {k for k in default["sampling"] if calibrated["sampling"][k] != default["sampling"][k]}
+    assert changed == {"likelihood", "n_steps", "cg_maxiter", "cg_tol"}
+    calibrated.pop("sampling"), default.pop("sampling")
+    assert calibrated == default  # the same prior, lens and data: it runs on the shipped checkpoint
+    options = common.sampling_options(calibrated_64.get_config())
+    # The settings of the README's coverage study (benchmarks/coverage.py --modes tweedie:100:200 --cg-maxiter 5).
+    assert (options.likelihood, options.n_steps, options.cg_maxiter, options.cg_tol) == ("tweedie", 200, 5, 1e-4)
+
+
 def test_short_default_run_writes_every_output(tmp_path):
     out = tmp_path / "out"
     r = _sample(f"--out={out}", "--config.sampling.n_chains=2", "--config.sampling.n_steps=20",
