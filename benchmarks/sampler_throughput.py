@@ -97,9 +97,9 @@ class Problem:
         net = jax.jit(jax.vmap(self.score, in_axes=(0, None)))
         self.flops_per_eval = _flops(net, jax.ShapeDtypeStruct((1,) + self.shape, jnp.float32), jnp.float32(0.5))
 
-    def measure(self, per_device: int, steps: int, repeats: int) -> dict:
-        n_dev = self.mesh.devices.size
-        batch = per_device * n_dev
+    def step_fn(self, per_device: int, steps: int):
+        """A jitted call running `steps` EM steps of every chain, and its sharded inputs."""
+        batch = per_device * self.mesh.devices.size
         sharded = NamedSharding(self.mesh, PartitionSpec("data"))
         post = posterior_score(self.score, self.term, self.sde)
         n_total = 1000  # a step grid; the timed steps sit mid-way through it
@@ -109,13 +109,20 @@ class Problem:
             idx = n_total // 2 + jnp.arange(steps, dtype=jnp.int32)
             return jax.vmap(lambda k, xi: integrate(k, post, self.sde, xi, idx, n_total))(keys, x)
 
+        keys = jax.device_put(jax.random.split(jax.random.key(3), batch), sharded)
+        x = jax.device_put(jax.random.normal(jax.random.key(4), (batch,) + self.shape), sharded)
+        return run, keys, x
+
+    def measure(self, per_device: int, steps: int, repeats: int) -> dict:
+        n_dev = self.mesh.devices.size
+        batch = per_device * n_dev
+        run, keys, x = self.step_fn(per_device, steps)
+
         @jax.jit
         def likelihood(x):
             # The likelihood term alone (with the Tweedie modes it includes their network products).
             return jax.vmap(lambda xi: self.term(self.score, xi, jnp.float32(0.5), self.sde))(x)
 
-        keys = jax.device_put(jax.random.split(jax.random.key(3), batch), sharded)
-        x = jax.device_put(jax.random.normal(jax.random.key(4), (batch,) + self.shape), sharded)
         t_step = _median_time(lambda: run(keys, x), repeats) / steps
         t_lik = _median_time(lambda: likelihood(x), repeats)
         flops = self.flops_per_eval

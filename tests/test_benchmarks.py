@@ -40,3 +40,21 @@ def test_paper_network_flops_match_the_reference():
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"precision"')]
     assert len(rows) == 1 and 520 < rows[0]["gflop_per_eval"] < 540, rows
     assert "not timed" in r.stdout
+
+
+def test_profile_step_attributes_the_traced_ops_to_the_network_parts(tmp_path):
+    """The profiler's trace is matched to the compiled program: almost no device time may go unattributed,
+    and the parts every NCSN++ step has (convolutions, GroupNorm, swish, the likelihood) must all show up."""
+    out = tmp_path / "p.json"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "profile_step.py"), "--config=tiny",
+                        "--batch=2", "--steps=1", f"--trace-dir={tmp_path / 'trace'}", f"--json={out}"],
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    cats = res["categories"]
+    assert {"convolution", "GroupNorm", "swish", "likelihood + EM update"} <= set(cats), cats
+    assert res["unmatched_share"] < 0.05
+    assert abs(sum(cats.values()) - res["op_ms_per_step"]) < 1e-6 * res["op_ms_per_step"]
+    assert res["gflop_per_eval"] > 0 and res["flop_per_byte"] > 0
+    assert list((tmp_path / "trace").rglob("perfetto_trace.json.gz"))
+    assert "| category | ms per step |" in r.stdout

@@ -26,6 +26,32 @@ TINY = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,))
 SIZE = 16
 
 
+# ----------------------------------------------------------------------------- GroupNorm
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 8, 8, 32), 8), ((1, 16, 16, 64), 16), ((3, 4, 4, 256), 32)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_group_norm_matches_flax_with_the_same_parameters(shape, groups, dtype):
+    import flax.linen as nn
+
+    from jaxlens.nn.layers import GroupNorm
+
+    # An offset larger than the spread exercises E[x²] − mean² in float32, as flax does it.
+    x = (3.0 * jax.random.normal(jax.random.key(0), shape) + 5.0).astype(dtype)
+    ours, ref = GroupNorm(num_groups=groups), nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=jnp.float32)
+    params = ref.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params)
+    got, want = ours.apply(params, x), ref.apply(params, x.astype(jnp.float32))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)
+    # Each group of the output is standardised before the per-channel affine map.
+    z = (np.asarray(got) - np.asarray(params["params"]["bias"])) / np.asarray(params["params"]["scale"])
+    z = z.reshape(shape[0], -1, groups, shape[-1] // groups).transpose(0, 2, 1, 3).reshape(shape[0], groups, -1)
+    np.testing.assert_allclose(z.mean(-1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(z.std(-1), 1.0, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- FIR
 
 

@@ -1,0 +1,190 @@
+"""Where the time of one posterior EM step goes, from a `jax.profiler` trace (issue "GPU speed").
+
+  python benchmarks/profile_step.py [--config paper_probes_256] [--precision float32] [--batch 8]
+      [--steps 2] [--likelihood eq19] [--trace-dir DIR] [--json results.json] [--top 12]
+
+It builds the step `benchmarks/sampler_throughput.py` times (random NCSN++ parameters, the
+config's lens, the chosen likelihood), warms it up, then records `--steps` EM steps of
+`--batch` chains per device with `jax.profiler.trace`. Every device op in the trace is matched
+to its HLO instruction in the compiled program, and the instruction's source path (its
+`op_name` metadata: the Flax module and the primitive) puts it in a category: convolution,
+attention, GroupNorm, swish, FIR resampling, the rest of the network, and the likelihood with
+the EM update. Container ops (while loops, calls) are skipped so that nothing is counted twice.
+
+It prints the time per step in each category, the top ops, the share of op time that matched
+no instruction, and XLA's cost analysis of one network evaluation (FLOPs, bytes accessed, and
+their ratio, the arithmetic intensity that a roofline compares with the device's FLOP/byte).
+The trace stays in --trace-dir for TensorBoard or Perfetto.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from sampler_throughput import Problem  # noqa: E402
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+\s+([\w\-]+)\(.*?op_name=\"([^\"]*)\"")
+# Ops that only sequence others: their spans contain their children's.
+_CONTAINERS = {"while", "conditional", "call", "async-start", "async-done", "async-update"}
+
+
+def categorize(op_name: str) -> str:
+    """The category of an HLO instruction, from its `op_name` metadata (module path / primitive)."""
+    path = op_name.lower()
+    if "ncsnpp" not in path:
+        return "likelihood + EM update"
+    leaf = path.rsplit("/", 1)[-1]
+    if "attn" in path:
+        return "attention"
+    if leaf.startswith("conv_general_dilated"):
+        return "convolution"
+    if leaf.startswith("dot_general"):
+        return "dense (σ embedding, NIN)"
+    if re.search(r"/norm\w*/", path):
+        return "GroupNorm"
+    if "silu" in path:
+        return "swish"
+    if any(k in path for k in ("_resample", "image_down", "pyramid_up", "pyramid_down", "jit(_pad)")):
+        return "FIR resampling"
+    return "other network ops"
+
+
+def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """Instruction name → (opcode, op_name) for every instruction with source metadata."""
+    out = {}
+    for line in hlo_text.splitlines():
+        m = _INSTRUCTION.match(line)
+        if m:
+            out[m.group(1)] = (m.group(2), m.group(3))
+    return out
+
+
+def _lookup(event: dict, table: dict) -> tuple[str, str] | None:
+    """The HLO instruction a trace event ran: its name, its `hlo_op` argument (GPU kernels)."""
+    args = event.get("args") or {}
+    for key in (args.get("hlo_op"), args.get("long_name"), event.get("name")):
+        if not isinstance(key, str):
+            continue
+        key = key.split(" ", 1)[0].lstrip("%")
+        for cand in (key, key.replace("_", ".")):
+            if cand in table:
+                return table[cand]
+    return None
+
+
+def _short(op_name: str) -> str:
+    """The op's path from the network (or likelihood) down, without the jit/vmap/scan wrappers."""
+    i = op_name.find("NCSNpp/")
+    return op_name[i + len("NCSNpp/"):] if i >= 0 else op_name.split("closed_call/")[-1]
+
+
+def attribute(events: list[dict], table: dict) -> tuple[dict, dict, float]:
+    """Microseconds per category and per op_name, and the device-op time that matched nothing."""
+    per_cat, per_op = collections.Counter(), collections.Counter()
+    unmatched = 0.0
+    for e in events:
+        if e.get("ph") != "X" or "dur" not in e:
+            continue
+        hit = _lookup(e, table)
+        if hit is None:
+            name = e.get("name", "")
+            # Host-side spans (Python, the runtime) are not device ops; a fused kernel is.
+            if "fusion" in name or "convolution" in name or "gemm" in name.lower():
+                unmatched += e["dur"]
+            continue
+        opcode, op_name = hit
+        if opcode in _CONTAINERS:
+            continue
+        per_cat[categorize(op_name)] += e["dur"]
+        per_op[_short(op_name)] += e["dur"]
+    return per_cat, per_op, unmatched
+
+
+def _load_trace(trace_dir: str) -> list[dict]:
+    files = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True))
+    if not files:
+        raise SystemExit(f"no perfetto trace under {trace_dir}")
+    with gzip.open(files[-1]) as f:
+        data = json.load(f)
+    return data["traceEvents"] if isinstance(data, dict) else data
+
+
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return cost or {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="paper_probes_256")
+    ap.add_argument("--precision", default="float32", help="float32 or bfloat16")
+    ap.add_argument("--batch", type=int, default=8, help="chains per device")
+    ap.add_argument("--steps", type=int, default=2, help="EM steps recorded (one lax.scan)")
+    ap.add_argument("--likelihood", default="eq19")
+    ap.add_argument("--cg-maxiter", type=int, default=5)
+    ap.add_argument("--trace-dir", default="", help="keep the trace here (default: a temporary folder)")
+    ap.add_argument("--json", default="")
+    ap.add_argument("--top", type=int, default=12, help="how many single ops to list")
+    args = ap.parse_args()
+    if args.batch < 1 or args.steps < 1:
+        raise SystemExit("need --batch >= 1 and --steps >= 1")
+    get = __import__(f"configs.{args.config}", fromlist=["get_config"]).get_config
+    problem = Problem(get(), args.precision, args.likelihood, args.cg_maxiter)
+    run, keys, x = problem.step_fn(args.batch, args.steps)
+    table = hlo_instructions(run.lower(keys, x).compile().as_text())
+    jax.block_until_ready(run(keys, x))  # warm-up: compilation stays out of the trace
+
+    trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="jaxlens_trace_")
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        jax.block_until_ready(run(keys, x))
+    per_cat, per_op, unmatched = attribute(_load_trace(trace_dir), table)
+
+    net = jax.jit(jax.vmap(problem.score, in_axes=(0, None)))
+    cost = _cost(net.lower(jax.ShapeDtypeStruct((1,) + problem.shape, jnp.float32), jnp.float32(0.5)).compile())
+    flops, bytes_ = float(cost.get("flops", float("nan"))), float(cost.get("bytes accessed", float("nan")))
+    total = sum(per_cat.values())
+    dev = jax.local_devices()[0]
+    result = {
+        "date": datetime.date.today().isoformat(), "device": dev.device_kind, "platform": jax.default_backend(),
+        "jax": jax.__version__, "config": args.config, "precision": args.precision, "likelihood": args.likelihood,
+        "chains_per_device": args.batch, "steps": args.steps, "gflop_per_eval": flops / 1e9,
+        "gb_accessed_per_eval": bytes_ / 1e9, "flop_per_byte": flops / bytes_,
+        "op_ms_per_step": total / 1e3 / args.steps, "unmatched_share": unmatched / max(total + unmatched, 1e-9),
+        "categories": {k: v / 1e3 / args.steps for k, v in per_cat.most_common()},
+        "top_ops": [[k, v / 1e3 / args.steps] for k, v in per_op.most_common(args.top)],
+    }
+    print(f"{dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, {args.config}, {args.precision}, "
+          f"{args.likelihood}, {args.batch} chains/device, {args.steps} steps traced in {trace_dir}\n")
+    print(f"one network evaluation: {flops / 1e9:.1f} GFLOP, {bytes_ / 1e9:.2f} GB accessed, "
+          f"{flops / bytes_:.0f} FLOP/byte\n")
+    print("| category | ms per step | share of op time |\n|---|---|---|")
+    for k, v in per_cat.most_common():
+        print(f"| {k} | {v / 1e3 / args.steps:.2f} | {100 * v / total:.1f} % |")
+    print(f"\nop time that matched no HLO instruction: {100 * result['unmatched_share']:.1f} %\n")
+    print("| op (source path) | ms per step |\n|---|---|")
+    for k, v in result["top_ops"]:
+        print(f"| {k} | {v:.2f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
