@@ -114,6 +114,22 @@ def test_upfirdn2d_with_2d_kernel_matches_scipy_convolve2d(images, up, down, pad
     )
 
 
+@pytest.mark.parametrize("taps", [[1.0, 3.0, 3.0, 1.0], [0.5, -1.0, 2.0, 4.0, 1.5]])
+@pytest.mark.parametrize("up, pad", [(2, (2, 1)), (2, (0, 0)), (3, (1, 4)), (2, (6, 5)), (4, (0, 3))])
+def test_polyphase_upsampling_equals_zero_insertion_then_filtering(images, taps, up, pad):
+    """The 1-D up-sampling path (polyphase) against the definition: insert up − 1 zeros after each pixel,
+    pad, convolve along each axis with numpy, keeping the 'valid' outputs."""
+    taps = np.asarray(taps, np.float32)
+    z = np.zeros((2, 16 * up, 16 * up, 3), np.float64)
+    z[:, ::up, ::up] = images
+    z = np.pad(z, ((0, 0), pad, pad, (0, 0)))
+    for axis in (1, 2):
+        z = np.apply_along_axis(lambda v: np.convolve(v, taps, mode="valid"), axis, z)
+    got = jax.jit(lambda x: upfirdn2d(x, taps, up=up, pad=pad))(images)
+    assert got.shape == z.shape
+    np.testing.assert_allclose(got, z, atol=1e-4)
+
+
 def test_fir_keeps_constants_away_from_borders():
     const = np.full((1, 16, 16, 2), 2.5, np.float32)
     np.testing.assert_allclose(upsample_2d(const)[:, 2:-2, 2:-2], 2.5, rtol=1e-6)
