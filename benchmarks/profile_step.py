@@ -36,7 +36,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 from sampler_throughput import Problem  # noqa: E402
 
@@ -49,7 +48,11 @@ _CONTAINERS = {"while", "conditional", "call", "async-start", "async-done", "asy
 
 
 def categorize(op_name: str) -> str:
-    """The category of an HLO instruction, from its `op_name` metadata (module path / primitive)."""
+    """The category of an HLO instruction, from its `op_name` metadata (module path / primitive).
+
+    A fusion carries its root's metadata, so work fused into a later op counts under that op
+    (GroupNorm's final multiply-add, fused into the swish after it, counts as swish).
+    """
     path = op_name.lower()
     if not path:
         return "no source metadata"
@@ -125,12 +128,6 @@ def _load_trace(trace_dir: str) -> list[dict]:
     return data["traceEvents"] if isinstance(data, dict) else data
 
 
-def _cost(compiled) -> dict:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return cost or {}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="paper_probes_256")
@@ -159,9 +156,7 @@ def main() -> None:
         jax.block_until_ready(run(keys, x))
     per_cat, per_op, unmatched = attribute(_load_trace(trace_dir), table)
 
-    net = jax.jit(jax.vmap(problem.score, in_axes=(0, None)))
-    cost = _cost(net.lower(jax.ShapeDtypeStruct((1,) + problem.shape, jnp.float32), jnp.float32(0.5)).compile())
-    flops, bytes_ = float(cost.get("flops", float("nan"))), float(cost.get("bytes accessed", float("nan")))
+    flops, bytes_ = problem.flops_per_eval, problem.bytes_per_eval
     total = sum(per_cat.values())
     dev = jax.local_devices()[0]
     result = {
@@ -169,7 +164,8 @@ def main() -> None:
         "jax": jax.__version__, "config": args.config, "precision": args.precision, "likelihood": args.likelihood,
         "chains_per_device": args.batch, "steps": args.steps, "gflop_per_eval": flops / 1e9,
         "gb_accessed_per_eval": bytes_ / 1e9, "flop_per_byte": flops / bytes_,
-        "wall_ms_per_step": 1e3 * wall / args.steps, "op_ms_per_step": total / 1e3 / args.steps, "unmatched_share": unmatched / max(total + unmatched, 1e-9),
+        "wall_ms_per_step": 1e3 * wall / args.steps, "op_ms_per_step": total / 1e3 / args.steps,
+        "unmatched_share": unmatched / max(total + unmatched, 1e-9),
         "categories": {k: v / 1e3 / args.steps for k, v in per_cat.most_common()},
         "top_ops": [[k, v / 1e3 / args.steps] for k, v in per_op.most_common(args.top)],
     }

@@ -59,10 +59,11 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _flops(jitted, *args) -> float:
+def _cost(jitted, *args) -> dict:
+    """XLA's cost analysis of the compiled call ('flops', 'bytes accessed', ...)."""
     cost = jitted.lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get("flops", float("nan")))
+    return dict(cost or {})
 
 
 def _peak_bytes() -> float:
@@ -95,7 +96,9 @@ class Problem:
         self.mesh = data_mesh(jax.local_devices())
         # FLOPs grow linearly with the batch, so one image's count serves every batch size.
         net = jax.jit(jax.vmap(self.score, in_axes=(0, None)))
-        self.flops_per_eval = _flops(net, jax.ShapeDtypeStruct((1,) + self.shape, jnp.float32), jnp.float32(0.5))
+        cost = _cost(net, jax.ShapeDtypeStruct((1,) + self.shape, jnp.float32), jnp.float32(0.5))
+        self.flops_per_eval = float(cost.get("flops", float("nan")))
+        self.bytes_per_eval = float(cost.get("bytes accessed", float("nan")))
 
     def step_fn(self, per_device: int, steps: int):
         """A jitted call running `steps` EM steps of every chain, and its sharded inputs."""
