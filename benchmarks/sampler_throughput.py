@@ -11,7 +11,8 @@ parameters are random: speed does not depend on training.
 
 For each precision and chains-per-device batch it prints network evaluations per second (one
 chain-step is one evaluation), the likelihood's share of a step (the likelihood term timed on its
-own), the model FLOP rate (XLA's cost analysis of one network evaluation × evaluations/s) and the
+own), the model FLOP rate (XLA's cost analysis of one network evaluation × evaluations/s), the
+bytes one evaluation accesses by the same analysis (at batch 1) and the rate they imply, and the
 peak device memory (accelerators only). Then the DSM training step in images/s. Every timing is
 after a warm-up, with `block_until_ready`, the median of --repeats. A batch that does not fit is
 reported as such and the sweep goes on. Results are printed as markdown and written to --json.
@@ -133,6 +134,7 @@ class Problem:
         return {"chains_per_device": per_device, "devices": n_dev, "s_per_step": t_step,
                 "evals_per_s": evals, "evals_per_s_per_device": evals / n_dev,
                 "likelihood_share": t_lik / t_step, "gflop_per_eval": flops / 1e9,
+                "gb_per_eval": self.bytes_per_eval / 1e9, "tb_per_s": evals * self.bytes_per_eval / 1e12,
                 "tflops": evals * flops / 1e12, "peak_gib": _peak_bytes() / 2**30}
 
 
@@ -164,7 +166,8 @@ def main() -> None:
         problem = Problem(get(), precision, args.likelihood, args.cg_maxiter)
         header["params"] = param_count(problem.model, problem.shape[0], problem.shape[-1])
         if args.flops_only:
-            rows.append({"precision": precision, "gflop_per_eval": problem.flops_per_eval / 1e9})
+            rows.append({"precision": precision, "gflop_per_eval": problem.flops_per_eval / 1e9,
+                         "gb_per_eval": problem.bytes_per_eval / 1e9})
             print(json.dumps(rows[-1]), flush=True)
             continue
         for b in batches:
@@ -187,17 +190,19 @@ def main() -> None:
 
     print(f"\n{header['local_devices']} × {header['device']}, jax {header['jax']}, {args.config} "
           f"({header['params']:,} parameters), {header['date']}\n")
-    print("| precision | chains/device | evals/s/device | likelihood share | GFLOP/eval | TFLOP/s | peak GiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| precision | chains/device | evals/s/device | likelihood share | GFLOP/eval | TFLOP/s | GB/eval | TB/s "
+          "| peak GiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "s_per_step" not in r:  # out of memory, or --flops-only
             gflop = f"{r['gflop_per_eval']:.4g}" if "gflop_per_eval" in r else ""
+            gb = f"{r['gb_per_eval']:.3g}" if "gb_per_eval" in r else ""
             print(f"| {r['precision']} | {r.get('chains_per_device', '—')} | {r.get('error', 'not timed')} | "
-                  f"| {gflop} | | |")
+                  f"| {gflop} | | {gb} | | |")
             continue
         print(f"| {r['precision']} | {r['chains_per_device']} | {r['evals_per_s_per_device']:.1f} | "
               f"{100 * r['likelihood_share']:.2f} % | {r['gflop_per_eval']:.3g} | {r['tflops']:.3g} | "
-              f"{r['peak_gib']:.1f} |")
+              f"{r['gb_per_eval']:.3g} | {r['tb_per_s']:.3g} | {r['peak_gib']:.1f} |")
     for t in train:
         print(f"training step, {t['precision']}: batch {t['batch']}, {t['images_per_s']:.1f} images/s")
     if args.json:
