@@ -26,9 +26,9 @@ def test_sampler_throughput_script(tmp_path):
     for s in res["sampler"]:
         assert s["evals_per_s"] > 0 and 0 < s["likelihood_share"] < 1 and s["gflop_per_eval"] > 0
         assert abs(s["evals_per_s"] - 8 * s["chains_per_device"] / s["s_per_step"]) < 1e-6 * s["evals_per_s"]
-        # Bytes accessed: at least the parameters read once and the input and output images.
-        assert s["gb_per_eval"] * 1e9 > 4 * res["params"] and abs(s["tb_per_s"] * 1e3 - s["gb_per_eval"] * s["evals_per_s"]) \
-            < 1e-6 * s["tb_per_s"] * 1e3
+        # An evaluation reads at least the float32 parameters once.
+        assert s["gb_per_eval"] * 1e9 > 4 * res["params"]
+        assert abs(s["tb_per_s"] * 1e3 - s["gb_per_eval"] * s["evals_per_s"]) < 1e-6 * s["tb_per_s"] * 1e3
     assert [t["precision"] for t in res["train"]] == ["float32", "bfloat16"]
     assert all(t["images_per_s"] > 0 and t["batch"] == 8 for t in res["train"])
     assert "| precision | chains/device |" in r.stdout
