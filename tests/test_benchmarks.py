@@ -61,3 +61,33 @@ def test_profile_step_attributes_the_traced_ops_to_the_network_parts(tmp_path):
     assert res["gflop_per_eval"] > 0 and res["flop_per_byte"] > 0
     assert list((tmp_path / "trace").rglob("perfetto_trace.json.gz"))
     assert "| category | ms per step |" in r.stdout
+
+
+def test_coverage_pair_reads_two_runs_and_reports_their_difference(tmp_path):
+    """Two coverage.py work directories with the same prior-drawn truths; B's samples spread twice as wide
+    as A's around the same centres, so each spread/skill ratio, and B − A, has a closed form."""
+    import numpy as np
+    import pytest
+
+    rng = np.random.default_rng(0)
+    n, shape = 300, (4, 4, 1)
+    mu = rng.normal(size=(n,) + shape)
+    truths = mu + rng.normal(size=mu.shape)
+    noise = rng.normal(size=(n, 3) + shape)
+    for name, k in (("a", 1.0), ("b", 2.0)):
+        d = tmp_path / name
+        d.mkdir()
+        np.savez(d / "tweedie.npz", samples=(mu[:, None] + k * noise).astype(np.float32))
+        np.savez(d / "truths_prior.npz", sources=truths.astype(np.float32))
+    r = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "coverage_pair.py"), str(tmp_path / "a"),
+                        str(tmp_path / "b"), "--bootstrap", "500"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "300 lenses finished in both" in r.stdout and "paired" in r.stdout and "NOT" not in r.stdout
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:] if v != "±"]
+            for line in r.stdout.splitlines() if line.startswith(("spread/skill", "spread ", "skill "))}
+    # spread/skill = 2k²/(k² + 1): 1 for k = 1 and 1.6 for k = 2; the pairing makes B − A tight.
+    a, a_std, b, b_std, diff, diff_std = rows["spread/skill"]
+    assert abs(a - 1.0) < 4 * a_std and abs(b - 1.6) < 4 * b_std
+    assert abs(diff - 0.6) < 4 * diff_std
+    assert diff_std < np.hypot(a_std, b_std)  # the shared lenses cancel in part
+    assert rows["spread"][2] / rows["spread"][0] == pytest.approx(4, rel=1e-3)  # the same noise scaled by 2

@@ -155,6 +155,24 @@ def test_spread_skill_matches_its_closed_form(k):
     assert abs(ratio - 2 * k**2 / (k**2 + 1)) < 4 * std
 
 
+@pytest.mark.parametrize("k", [0.5, 2.0])
+def test_spread_and_skill_per_simulation_match_their_expectations(k):
+    """Samples k·σ around the mean, truth σ around it: E spread = 2k² Σσ², E skill = (1 + k²) Σσ²."""
+    rng = np.random.default_rng(2)
+    n_sims, n, sigma = 4000, 10, np.exp(rng.uniform(-2, 0, 16))
+    mu = rng.uniform(-5, 5, (n_sims, 16))
+    truth = mu + sigma * rng.normal(size=mu.shape)
+    samples = mu[:, None] + k * sigma * rng.normal(size=(n_sims, n, 16))
+    spread, skill = dg.spread_and_skill(samples, truth)
+    assert spread.shape == skill.shape == (n_sims,)
+    total = np.sum(sigma**2)
+    assert spread.mean() == pytest.approx(2 * k**2 * total, rel=0.03)
+    assert skill.mean() == pytest.approx((1 + k**2) * total, rel=0.03)
+    # With the truth at the samples' own mean, skill is (n − 1)/(2n) of the spread, per simulation exactly.
+    spread, skill = dg.spread_and_skill(samples, samples.mean(1))
+    np.testing.assert_allclose(skill, spread * (n - 1) / (2 * n), rtol=1e-10)
+
+
 def test_spread_skill_rejects_a_single_sample():
     with pytest.raises(ValueError):
         dg.spread_skill(np.zeros((5, 1, 4)), np.zeros((5, 4)))

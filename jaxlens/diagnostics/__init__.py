@@ -20,6 +20,7 @@ from jaxlens.diagnostics.metrics import (
     reduced_chi2,
     region_std,
     residual_snr,
+    spread_and_skill,
     spread_skill,
 )
 from jaxlens.diagnostics.morphology import (
@@ -68,6 +69,7 @@ __all__ = [
     "reduced_chi2",
     "region_std",
     "residual_snr",
+    "spread_and_skill",
     "spread_skill",
     "tarp_bootstrap",
     "tarp_coverage",

@@ -139,18 +139,31 @@ def spread_skill(samples, truths, *, n_bootstrap: int = 500, seed: int = 0) -> t
       samples: [n_sims, n_samples >= 2, ...].
       truths: [n_sims, ...].
     """
+    spread, skill = spread_and_skill(samples, truths)
+    idx = np.random.default_rng(seed).integers(0, len(spread), (n_bootstrap, len(spread)))
+    boot = spread[idx].mean(1) / skill[idx].mean(1)
+    return float(spread.mean() / skill.mean()), float(boot.std())
+
+
+def spread_and_skill(samples, truths) -> tuple[np.ndarray, np.ndarray]:
+    """Per simulation: the mean ‖x_i − x_j‖² over sample pairs, and the mean ‖x_i − x*‖² over samples.
+
+    Args:
+      samples: [n_sims, n_samples >= 2, ...].
+      truths: [n_sims, ...].
+
+    Returns:
+      (spread [n_sims], skill [n_sims]), float64.
+    """
     x = np.asarray(samples, np.float64)
     t = np.asarray(truths, np.float64)
     if x.ndim < 2 or x.shape[1] < 2 or t.shape != x.shape[:1] + x.shape[2:]:
         raise ValueError(f"need samples [n_sims, n >= 2, ...] and truths [n_sims, ...], got {x.shape}, {t.shape}")
     x, t = x.reshape(x.shape[0], x.shape[1], -1), t.reshape(t.shape[0], -1)
-    n = x.shape[1]
     skill = ((x - t[:, None]) ** 2).sum(-1).mean(1)
     # The mean over pairs of ‖x_i − x_j‖² is 2 Σ‖x_i − x̄‖² / (n − 1).
-    spread = 2.0 * ((x - x.mean(1, keepdims=True)) ** 2).sum((1, 2)) / (n - 1)
-    idx = np.random.default_rng(seed).integers(0, len(x), (n_bootstrap, len(x)))
-    boot = spread[idx].mean(1) / skill[idx].mean(1)
-    return float(spread.mean() / skill.mean()), float(boot.std())
+    spread = 2.0 * ((x - x.mean(1, keepdims=True)) ** 2).sum((1, 2)) / (x.shape[1] - 1)
+    return spread, skill
 
 
 # --------------------------------------------------------------------------- magnification
