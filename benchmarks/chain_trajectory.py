@@ -1,12 +1,14 @@
 """Where along the reverse SDE does a chain go astray? (issue "calibration")
 
   python benchmarks/chain_trajectory.py [--lenses 13] [--mode tweedie] [--n-steps 100] [--chains 3]
-      [--cg-maxiter 5] [--every 5]
+      [--cg-maxiter 5] [--every 5] [--truths-from WORKDIR]
 
 Runs the chains of benchmarks/coverage.py's held-out lenses with the same keys, one Euler–Maruyama
 step per compiled call, and prints per chain the state's norm ‖x‖ and the norms of the two drift
 terms of the step, g²|Δt| ‖likelihood score‖ and g²|Δt| ‖prior score‖. A sample that blew up in the
 coverage run shows here at the step where the likelihood's drift outgrows the state.
+With --truths-from, the sources are the prior draws a `coverage.py --truths prior` run saved in
+its work directory (the self-consistent test), not the procedural galaxies.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def main() -> None:
     ap.add_argument("--cg-maxiter", type=int, default=5)
     ap.add_argument("--every", type=int, default=5, help="print every k-th step (and the first and last)")
     ap.add_argument("--seed", type=int, default=0, help="coverage.py's --seed")
+    ap.add_argument("--truths-from", default=None,
+                    help="a coverage.py --truths prior work directory: use its saved prior draws as the sources")
     args = ap.parse_args()
     lenses = [int(v) for v in args.lenses.split(",")]
     if min(lenses) < 0 or args.n_steps < 2 or args.chains < 1:
@@ -52,7 +56,13 @@ def main() -> None:
     prior = load_prior(args.checkpoint)
     sde, score = prior.sde, prior.score_fn()
     shape = tuple(int(v) for v in prior.meta["image_shape"])
-    problems = simulate(max(lenses) + 1, args.seed, geo, sigma_n)
+    sources = None
+    if args.truths_from:
+        sources = np.load(os.path.join(args.truths_from, "truths_prior.npz"))["sources"]
+        if max(lenses) >= len(sources):
+            raise SystemExit(f"{args.truths_from} holds {len(sources)} prior draws; lens {max(lenses)} asked")
+        sources = sources[: max(lenses) + 1]
+    problems = simulate(max(lenses) + 1, args.seed, geo, sigma_n, sources)
     n, dt = args.n_steps, -1.0 / args.n_steps
 
     for i in lenses:
