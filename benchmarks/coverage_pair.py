@@ -1,13 +1,16 @@
 """Paired comparison of two coverage.py runs, lens by lens: which setting moved the spread, the skill, or both?
 
   python benchmarks/coverage_pair.py A_WORKDIR B_WORKDIR [--mode tweedie] [--seed 0] [--bootstrap 2000]
+      [--blowup 10]
 
 Both work directories hold `MODE.npz` from `benchmarks/coverage.py` (and `truths_prior.npz` when that
 run used `--truths prior`). On the lenses both runs finished, it prints for A and B the spread/skill
 ratio, the mean spread E‖x_i − x_j‖² and skill E‖x_i − x*‖², and B − A of each with a bootstrap std
 over lenses (the same resampled lenses for both runs, so that what the two share cancels). Runs
 with the same truths, lenses and keys (e.g. two solve caps) are paired; runs with different truths
-are not, and their difference is then only as good as the two runs' own errors.
+are not, and their difference is then only as good as the two runs' own errors. A lens where either
+run has a non-finite sample, or one more than --blowup times the truth's norm from the origin (a chain
+that diverged, whose squared distances would swamp every other lens), is left out of both and named.
 """
 
 from __future__ import annotations
@@ -47,14 +50,24 @@ def main() -> None:
     ap.add_argument("--mode", default="tweedie")
     ap.add_argument("--seed", type=int, default=0, help="coverage.py's --seed (procedural truths only)")
     ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--blowup", type=float, default=10.0,
+                    help="leave out lenses with a sample this many times the truth's norm (inf: keep all)")
     args = ap.parse_args()
 
     (xa, ta), (xb, tb) = (load_run(d, args.mode, args.seed) for d in (args.a, args.b))
     n = min(len(xa), len(xb))
     if n < 2:
         raise SystemExit(f"need >= 2 lenses finished in both runs, got {n}")
-    finite = np.isfinite(xa[:n]).all((1, 2, 3, 4)) & np.isfinite(xb[:n]).all((1, 2, 3, 4))
+
+    def sound(x, t):
+        norms = np.linalg.norm(x.reshape(x.shape[:2] + (-1,)), axis=-1)
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(norms).all(1) & (norms <= args.blowup * np.linalg.norm(t.reshape(len(t), -1), axis=1)[:, None]).all(1)
+
+    finite = sound(xa[:n], ta[:n]) & sound(xb[:n], tb[:n])
     paired = bool(np.array_equal(ta[:n], tb[:n]))
+    if finite.sum() < 2:
+        raise SystemExit(f"fewer than 2 of the {n} lenses have sound samples in both runs")
     (sa, ka), (sb, kb) = spread_and_skill(xa[:n][finite], ta[:n][finite]), spread_and_skill(xb[:n][finite], tb[:n][finite])
     idx = np.random.default_rng(args.seed).integers(0, len(sa), (args.bootstrap, len(sa)))
 
@@ -63,8 +76,9 @@ def main() -> None:
                 "spread": (spread.mean(), spread[idx].mean(1)), "skill": (skill.mean(), skill[idx].mean(1))}
 
     a, b = stat(sa, ka), stat(sb, kb)
-    print(f"{int(finite.sum())} lenses finished in both with finite samples (of {n}); "
-          f"{'same truths: paired' if paired else 'different truths: NOT paired'}")
+    left_out = np.flatnonzero(~finite)
+    print(f"{int(finite.sum())} lenses finished in both with sound samples (of {n}; left out: "
+          f"{', '.join(map(str, left_out)) or 'none'}); {'same truths: paired' if paired else 'different truths: NOT paired'}")
     print(f"{'':14s} {'A':>16s} {'B':>16s} {'B − A':>16s}")
     for k in a:
         (va, ba), (vb, bb) = a[k], b[k]
