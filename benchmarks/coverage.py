@@ -2,7 +2,7 @@
 
   python benchmarks/coverage.py [--checkpoint checkpoints/procedural_64] [--lenses 100] [--samples 2]
       [--n-steps 200] [--modes eq19,tweedie,dps]  (each mode[:lenses[:steps]]; also 'prior')
-      [--references 64] [--lens-batch 16] [--cg-maxiter 20] [--truths procedural|prior] [--truth-steps 300]
+      [--references 64] [--lens-batch 16] [--cg-maxiter 20] [--truths procedural|prior] [--truth-steps 3000]
       [--seed 0]
       [--workdir out/coverage] [--results benchmarks/RESULTS.md] [--figdir docs/coverage]
 
@@ -20,7 +20,9 @@ against which a posterior's calibration is read.
 
 With `--truths prior` the sources are unconditional draws of the prior itself (N = --truth-steps),
 not procedural galaxies: the self-consistent test, where an exact posterior is calibrated by
-construction, so that the prior's mismatch to the data drops out of the curve.
+construction, so that the prior's mismatch to the data drops out of the curve. The truths must
+be converged draws: at N = 300 they made tweedie look 0.08 off the diagonal, at N = 3000 0.02
+(benchmarks/RESULTS.md), hence the default.
 
 The noise floor: with n lenses even an exact sampler's curve strays from the diagonal by about
 1/√n. The script measures that floor on the same lenses by replacing the truth with one more
@@ -201,7 +203,8 @@ def main() -> None:
     ap.add_argument("--truths", choices=("procedural", "prior"), default="procedural",
                     help="the lenses' sources: held-out procedural galaxies, or draws of the prior itself "
                          "(the self-consistent test; use its own --workdir)")
-    ap.add_argument("--truth-steps", type=int, default=300, help="Euler–Maruyama steps of the prior's draws")
+    ap.add_argument("--truth-steps", type=int, default=3000,
+                    help="Euler–Maruyama steps of the prior's draws (fewer leave them unconverged)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=os.path.join(REPO, "out", "coverage"))
     ap.add_argument("--results", default=os.path.join(REPO, "benchmarks", "RESULTS.md"))
