@@ -60,15 +60,18 @@ def main() -> None:
         raise SystemExit(f"need >= 2 lenses finished in both runs, got {n}")
 
     def sound(x, t):
+        """Lenses whose samples are all finite and within --blowup times the truth's norm."""
         norms = np.linalg.norm(x.reshape(x.shape[:2] + (-1,)), axis=-1)
+        bound = args.blowup * np.linalg.norm(t.reshape(len(t), -1), axis=1)[:, None]
         with np.errstate(invalid="ignore"):
-            return np.isfinite(norms).all(1) & (norms <= args.blowup * np.linalg.norm(t.reshape(len(t), -1), axis=1)[:, None]).all(1)
+            return np.isfinite(norms).all(1) & (norms <= bound).all(1)
 
-    finite = sound(xa[:n], ta[:n]) & sound(xb[:n], tb[:n])
+    keep = sound(xa[:n], ta[:n]) & sound(xb[:n], tb[:n])
     paired = bool(np.array_equal(ta[:n], tb[:n]))
-    if finite.sum() < 2:
+    if keep.sum() < 2:
         raise SystemExit(f"fewer than 2 of the {n} lenses have sound samples in both runs")
-    (sa, ka), (sb, kb) = spread_and_skill(xa[:n][finite], ta[:n][finite]), spread_and_skill(xb[:n][finite], tb[:n][finite])
+    sa, ka = spread_and_skill(xa[:n][keep], ta[:n][keep])
+    sb, kb = spread_and_skill(xb[:n][keep], tb[:n][keep])
     idx = np.random.default_rng(args.seed).integers(0, len(sa), (args.bootstrap, len(sa)))
 
     def stat(spread, skill):
@@ -76,8 +79,8 @@ def main() -> None:
                 "spread": (spread.mean(), spread[idx].mean(1)), "skill": (skill.mean(), skill[idx].mean(1))}
 
     a, b = stat(sa, ka), stat(sb, kb)
-    left_out = np.flatnonzero(~finite)
-    print(f"{int(finite.sum())} lenses finished in both with sound samples (of {n}; left out: "
+    left_out = np.flatnonzero(~keep)
+    print(f"{int(keep.sum())} lenses finished in both with sound samples (of {n}; left out: "
           f"{', '.join(map(str, left_out)) or 'none'}); {'same truths: paired' if paired else 'different truths: NOT paired'}")
     print(f"{'':14s} {'A':>16s} {'B':>16s} {'B − A':>16s}")
     for k in a:
