@@ -2,7 +2,7 @@
 
 These are the settings of the TARP coverage study (README, "Calibration on the learned prior"):
 on the held-out lenses they came within 0.05 of the diagonal, where eq19 at N = 200 is 0.21
-off (on the prior's own draws, drawn at N = 3000, tweedie at N = 100 is 0.02 off and ~5 %
+off (on the prior's own draws, drawn at N = 3000, these settings are 0.04 off and ~5 %
 over-confident by spread/skill), for about 1.3× the time of the default run (eq19 at
 Technique 2's N = 882).
 Technique 2 gives N = 200 a confidence of ~0.02 for this prior, so bin/sample warns; the
