@@ -26,7 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import procedural_64  # noqa: E402
-from coverage import lens_key, simulate  # noqa: E402
+from coverage import lens_key, simulate, truths_path  # noqa: E402
 from jaxlens.cli import common  # noqa: E402
 from jaxlens.lensing import lens_operator  # noqa: E402
 from jaxlens.prior import load_prior  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
     shape = tuple(int(v) for v in prior.meta["image_shape"])
     sources = None
     if args.truths_from:
-        sources = np.load(os.path.join(args.truths_from, "truths_prior.npz"))["sources"]
+        sources = np.load(truths_path(args.truths_from))["sources"]
         if max(lenses) >= len(sources):
             raise SystemExit(f"{args.truths_from} holds {len(sources)} prior draws; lens {max(lenses)} asked")
         sources = sources[: max(lenses) + 1]

@@ -90,6 +90,11 @@ def simulate(n: int, seed: int, geo, sigma_n: float, sources=None):
             for k, (src, lens) in tqdm(list(enumerate(zip(sources, lenses))), desc="simulating lenses")]
 
 
+def truths_path(workdir: str) -> str:
+    """Where a `--truths prior` run keeps its prior draws (arrays `sources` and `settings`)."""
+    return os.path.join(workdir, "truths_prior.npz")
+
+
 def prior_sources(prior, geo, shape, n: int, n_steps: int, args) -> np.ndarray:
     """[n, H, W, C] unconditional draws of the prior (eq19 at σ_n = 10⁶), cached in --workdir.
 
@@ -97,7 +102,7 @@ def prior_sources(prior, geo, shape, n: int, n_steps: int, args) -> np.ndarray:
     posterior under the prior is then calibrated by construction, so what the curve shows is the
     likelihood term's and the sampler's error alone, without the prior's mismatch to the data.
     """
-    path = os.path.join(args.workdir, "truths_prior.npz")
+    path = truths_path(args.workdir)
     settings = json.dumps(dict(seed=args.seed, n_steps=n_steps, prior_step=prior.meta.get("step")))
     if os.path.exists(path):
         cached = np.load(path)

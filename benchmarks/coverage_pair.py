@@ -25,7 +25,7 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 import numpy as np  # noqa: E402
 
 from configs import procedural_64  # noqa: E402
-from coverage import simulate  # noqa: E402
+from coverage import simulate, truths_path  # noqa: E402
 from jaxlens.cli import common  # noqa: E402
 from jaxlens.diagnostics import spread_and_skill  # noqa: E402
 
@@ -33,7 +33,7 @@ from jaxlens.diagnostics import spread_and_skill  # noqa: E402
 def load_run(workdir: str, mode: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(samples [n, S, H, W, C], truths [n, H, W, C]) of one coverage.py run."""
     samples = np.load(os.path.join(workdir, f"{mode}.npz"))["samples"]
-    path = os.path.join(workdir, "truths_prior.npz")
+    path = truths_path(workdir)
     if os.path.exists(path):
         truths = np.load(path)["sources"][: len(samples)]
     else:
