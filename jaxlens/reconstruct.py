@@ -118,6 +118,10 @@ def n_steps_for(options: SamplingOptions, prior: LoadedPrior, shape: tuple[int, 
     return options.n_steps
 
 
+class DivergedError(RuntimeError):
+    """Fewer than two chains ended as posterior samples (see `metrics.diverged_chains`)."""
+
+
 def _solver(options: SamplingOptions):
     if options.solver == "pc":
         return PredictorCorrector(snr=options.snr)
@@ -198,19 +202,39 @@ def _write_outputs(problem: Problem, y: np.ndarray, samples: np.ndarray, A, out_
     lensed = np.asarray(jax.jit(jax.vmap(A))(jnp.asarray(samples)))
     sigma = problem.sigma_n
     sigma_b = np.broadcast_to(sigma if np.ndim(sigma) != 2 else np.asarray(sigma)[..., None], y.shape)
-    chi2 = metrics.reduced_chi2(y[None] - lensed, sigma_b)
-    mean, std = metrics.posterior_moments(samples)
+    finite = np.isfinite(lensed.reshape(len(lensed), -1)).all(axis=1)
+    chi2 = np.full(len(lensed), np.nan)
+    if finite.any():
+        chi2[finite] = metrics.reduced_chi2(y[None] - lensed[finite], sigma_b)
+    # A chain thrown off the data manifold is a solver failure, not a posterior sample: it is left
+    # out of samples.fits and every summary, which it would otherwise swamp (chunks/ keeps it).
+    failed = metrics.diverged_chains(chi2, samples)
+    kept = np.flatnonzero(~failed)
+    if kept.size < 2:
+        raise DivergedError(f"{int(failed.sum())} of {len(failed)} chains diverged (χ²_ν from "
+                            f"{np.nanmin(chi2):.3g} to {np.nanmax(chi2):.3g}); raise sampling.n_steps "
+                            "before trusting this configuration")
+    if failed.any() and jax.process_index() == 0:
+        warnings.warn(f"{int(failed.sum())} of {len(failed)} chains diverged (chains {np.flatnonzero(failed).tolist()}, "
+                      f"χ²_ν {np.round(chi2[failed], 1).tolist()}); samples.fits, the mean, std, χ²_ν median "
+                      "and figures leave them out (chunks/ keeps every chain)", stacklevel=3)
+    if np.median(chi2[kept]) > 2.0 and jax.process_index() == 0:
+        warnings.warn(f"the samples do not fit the data: median χ²_ν {np.median(chi2[kept]):.3g} "
+                      "(a wrong lens, PSF or noise level, or chains that all diverged)", stacklevel=3)
+    mean, std = metrics.posterior_moments(samples[kept])
     model = np.asarray(A(jnp.asarray(mean)))
     snr = metrics.residual_snr(y, model, sigma_b)
     summary = {
         "n_chains": int(samples.shape[0]),
-        "chi2_nu": [round(float(v), 4) for v in chi2],
-        "chi2_nu_median": float(np.median(chi2)),
+        "chi2_nu": [round(float(v), 4) if np.isfinite(v) else None for v in chi2],
+        "chi2_nu_median": float(np.median(chi2[kept])),
+        "diverged_chains": np.flatnonzero(failed).tolist(),
         "mean_residual_snr_rms": float(np.sqrt(np.mean(snr[np.isfinite(sigma_b)] ** 2))),
     }
     if jax.process_index() != 0:
         return summary
-    meta = {"chains": int(samples.shape[0])}
+    samples, lensed, chi2 = samples[kept], lensed[kept], chi2[kept]
+    meta = {"chains": int(kept.size), "diverged": int(failed.sum())}
     io.write_samples(out_dir, samples, header=meta, fov=g.src_fov)
     io.write_map(os.path.join(out_dir, "mean.fits"), mean, meta, fov=g.src_fov)
     io.write_map(os.path.join(out_dir, "std.fits"), std, meta, fov=g.src_fov)

@@ -65,6 +65,26 @@ def test_residual_snr_and_moments():
         dg.posterior_moments(x[:1])
 
 
+def test_diverged_chains_flags_non_finite_and_far_off_chains_only():
+    chi2 = np.array([1.01, 0.99, 1.02, 37.0, np.nan, 1.0])
+    x = np.zeros((6, 3, 3))
+    x[2, 1, 1] = np.inf
+    np.testing.assert_array_equal(dg.diverged_chains(chi2, x), [0, 0, 1, 1, 1, 0])
+    # Every chain fitting equally badly (a wrong noise level) is not a divergence...
+    assert not dg.diverged_chains(np.array([7.9, 8.2, 8.0, 8.1])).any()
+    # ...but one chain at twice the typical misfit is, and one bad chain of two is caught.
+    np.testing.assert_array_equal(dg.diverged_chains(np.array([7.9, 8.2, 8.0, 16.5])), [0, 0, 0, 1])
+    np.testing.assert_array_equal(dg.diverged_chains(np.array([1.0, 900.0])), [0, 1])
+    # Below χ²_ν = 1 the threshold stays at factor × 1: over-fitting chains are not compared with each other.
+    assert not dg.diverged_chains(np.array([0.3, 0.5, 1.9])).any()
+    np.testing.assert_array_equal(dg.diverged_chains(np.array([0.3, 0.5, 1.9]), factor=1.5), [0, 0, 1])
+    assert dg.diverged_chains(np.full(3, np.nan)).all()
+    with pytest.raises(ValueError, match="do not match"):
+        dg.diverged_chains(chi2, x[:5])
+    with pytest.raises(ValueError, match="factor > 1"):
+        dg.diverged_chains(chi2, factor=1.0)
+
+
 # ------------------------------------------------------------------ magnification
 
 

@@ -81,15 +81,17 @@ def parse_sigma_max(value) -> float | None:
 
 
 def exit_on_user_error(fn, *args, **kwargs):
-    """Runs fn; a user error (bad input, bad checkpoint) exits with status 2 and one clear line.
+    """Runs fn; a user error (bad input, bad checkpoint, a step count at which every chain
+    diverged) exits with status 2 and one clear line.
 
     Programming errors still raise with a traceback.
     """
+    from jaxlens.reconstruct import DivergedError
     from jaxlens.train.checkpoint import CheckpointError
 
     try:
         return fn(*args, **kwargs)
-    except (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError, DivergedError) as e:
         log.debug("user error", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -59,7 +59,8 @@ def run(config) -> dict:
                   "observation": _OBSERVATION.value or "simulated"})
     if jax.process_index() == 0:
         t = summary["timings_s"]
-        print(f"wrote {out}: {summary['n_chains']} samples x {summary['n_steps']} steps on "
+        n_kept = summary["n_chains"] - len(summary["diverged_chains"])
+        print(f"wrote {out}: {n_kept} samples x {summary['n_steps']} steps on "
               f"{summary['devices']['count']} {summary['devices']['platform']} device(s)")
         print(f"time: setup {t['setup_s']}s, sampling (compile included) {t['sampling_s']}s, "
               f"outputs+figures {t['outputs_s']}s, total {t['total_s']}s")

@@ -12,6 +12,7 @@ from jaxlens.diagnostics.figures import (
 )
 from jaxlens.diagnostics.metrics import (
     RegionStats,
+    diverged_chains,
     high_magnification_mask,
     magnification_from_rays,
     magnification_map,
@@ -50,6 +51,7 @@ __all__ = [
     "concentration",
     "coverage_bias",
     "coverage_plot",
+    "diverged_chains",
     "ellipticity",
     "figure1",
     "figure3",

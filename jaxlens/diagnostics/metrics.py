@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "RegionStats",
+    "diverged_chains",
     "high_magnification_mask",
     "magnification_from_rays",
     "magnification_map",
@@ -24,6 +25,7 @@ __all__ = [
     "reduced_chi2",
     "region_std",
     "residual_snr",
+    "spread_and_skill",
     "spread_skill",
 ]
 
@@ -124,6 +126,41 @@ def posterior_moments(samples, *, axis: int = 0) -> tuple[np.ndarray, np.ndarray
     if x.ndim < 1 or x.shape[axis] < 2:
         raise ValueError(f"posterior_moments needs at least two samples along axis {axis}, got {x.shape}")
     return x.mean(axis=axis).astype(np.float32), x.std(axis=axis, ddof=1).astype(np.float32)
+
+
+def diverged_chains(chi2_nu, samples=None, *, factor: float = 2.0) -> np.ndarray:
+    """Which chains failed: a non-finite sample or χ²_ν, or χ²_ν above `factor` × max(1, typical).
+
+    An explicit reverse-SDE solver can throw a chain off the data manifold (a step below the
+    stability bound, or a one-step spike of the likelihood drift); such a chain ends far from
+    the data, with a χ²_ν of tens to thousands, where a posterior sample's is 1 within
+    ~√(2/ν). The typical χ²_ν is the lower median of the finite ones: with a mis-specified
+    noise or lens, where every chain fits equally badly, nothing is flagged, and with two
+    chains one bad chain is still caught. If most chains diverge the typical χ²_ν is itself
+    large and this cannot tell; look at it too (`bin/sample` warns above `factor`).
+
+    Args:
+      chi2_nu: [n_chains] reduced χ² of each chain's sample.
+      samples: optionally the samples, [n_chains, ...]; a non-finite pixel flags its chain.
+      factor: the multiple of max(1, typical χ²_ν) that marks a chain as failed; at the
+        default 2 a posterior sample is flagged with negligible probability once ν ≳ 100.
+
+    Returns:
+      bool [n_chains], True for the failed chains.
+    """
+    chi2 = np.asarray(chi2_nu, np.float64)
+    if chi2.ndim != 1 or not factor > 1:
+        raise ValueError(f"need chi2_nu [n_chains] and factor > 1, got shape {chi2.shape}, factor {factor}")
+    bad = ~np.isfinite(chi2)
+    if samples is not None:
+        x = np.asarray(samples)
+        if x.shape[:1] != chi2.shape:
+            raise ValueError(f"samples {x.shape} do not match chi2_nu {chi2.shape}")
+        bad |= ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.all():
+        return bad
+    typical = np.percentile(chi2[~bad], 50, method="lower")
+    return bad | (chi2 > factor * max(typical, 1.0))
 
 
 def spread_skill(samples, truths, *, n_bootstrap: int = 500, seed: int = 0) -> tuple[float, float]:
