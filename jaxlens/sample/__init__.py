@@ -19,6 +19,15 @@ from jaxlens.sample.likelihood import (
     make_likelihood,
     posterior_score,
 )
+from jaxlens.sample.mixture import (
+    MixturePrior,
+    mixture_log_density,
+    mixture_moments,
+    mixture_posterior,
+    mixture_prior,
+    mixture_prior_sample,
+    mixture_prior_score,
+)
 from jaxlens.sample.posterior import data_mesh, sample_posterior, sample_prior
 from jaxlens.sample.solvers import (
     EulerMaruyama,
@@ -40,6 +49,7 @@ __all__ = [
     "GaussianPrior",
     "LIKELIHOOD_MODES",
     "LikelihoodTerm",
+    "MixturePrior",
     "PredictorCorrector",
     "ProbabilityFlow",
     "Solver",
@@ -56,6 +66,12 @@ __all__ = [
     "isotropic_gaussian_prior",
     "linear_gaussian_posterior",
     "make_likelihood",
+    "mixture_log_density",
+    "mixture_moments",
+    "mixture_posterior",
+    "mixture_prior",
+    "mixture_prior_sample",
+    "mixture_prior_score",
     "posterior_score",
     "predictor_corrector",
     "probability_flow",
