@@ -94,3 +94,19 @@ def test_coverage_pair_reads_two_runs_and_reports_their_difference(tmp_path):
     assert abs(diff - 0.6) < 4 * diff_std
     assert diff_std < np.hypot(a_std, b_std)  # the shared lenses cancel in part
     assert rows["spread"][2] / rows["spread"][0] == pytest.approx(4, rel=1e-3)  # the same noise scaled by 2
+
+
+def test_mixture_calibration_script_reports_each_mode(tmp_path):
+    out = tmp_path / "m.json"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "mixture_calibration.py"), "--sims=4",
+                        "--chains=8", "--n-steps=60", "--priors=scales", "--sigma-n=0.3",
+                        "--modes=draws,exact,tweedie", f"--json={out}"],
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {row["mode"]: row for row in json.loads(out.read_text())["rows"]}
+    assert sorted(rows) == ["draws", "exact", "tweedie"]
+    # Direct draws of the exact posterior: the sample variance matches it, and the squared error of an
+    # 8-sample mean is tr Cov / 8, which the script's normalisation turns into 1.
+    assert 0.8 < rows["draws"]["var_ratio"] < 1.2 and 0.5 < rows["draws"]["mean_err"] < 2.0
+    assert all(row["diverged"] == 0 and row["spread_skill"] > 0 for row in rows.values())
+    assert "| scales | 0.3 | tweedie |" in r.stdout
