@@ -9,6 +9,8 @@ Outputs in `out_dir`: samples.fits / samples.npz, mean.fits, std.fits,
 observation.fits, residual_lens.fits (y − A·mean, in units of σ_n), truth.fits and
 residual_source.fits (mean − truth) when the truth is known, summary.json,
 figure1.png and figure3.png. Chunks of chains go to out_dir/chunks while running.
+Chains that diverged (`diagnostics.diverged_chains`) are named in summary.json and left out
+of the other outputs.
 """
 
 from __future__ import annotations
@@ -197,6 +199,30 @@ def reconstruct(
     return summary
 
 
+def _posterior_chains(chi2: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the chains that ended as posterior samples, bool mask of the diverged ones).
+
+    A chain thrown off the data manifold is a solver failure, not a posterior sample: it is left
+    out of samples.fits and every summary, which it would otherwise swamp (chunks/ keeps it).
+    """
+    failed = metrics.diverged_chains(chi2, samples)
+    kept = np.flatnonzero(~failed)
+    if kept.size < 2:
+        raise DivergedError(f"{int(failed.sum())} of {len(failed)} chains diverged (χ²_ν from "
+                            f"{np.nanmin(chi2):.3g} to {np.nanmax(chi2):.3g}); raise sampling.n_steps "
+                            "before trusting this configuration")
+    if jax.process_index() == 0:
+        if failed.any():
+            warnings.warn(f"{int(failed.sum())} of {len(failed)} chains diverged (chains "
+                          f"{np.flatnonzero(failed).tolist()}, χ²_ν {np.round(chi2[failed], 1).tolist()}); "
+                          "samples.fits, the mean, std, χ²_ν median and figures leave them out "
+                          "(chunks/ keeps every chain)", stacklevel=4)
+        if np.median(chi2[kept]) > 2.0:
+            warnings.warn(f"the samples do not fit the data: median χ²_ν {np.median(chi2[kept]):.3g} "
+                          "(a wrong lens, PSF or noise level, or chains that all diverged)", stacklevel=4)
+    return kept, failed
+
+
 def _write_outputs(problem: Problem, y: np.ndarray, samples: np.ndarray, A, out_dir: str) -> dict:
     g = problem.geometry
     lensed = np.asarray(jax.jit(jax.vmap(A))(jnp.asarray(samples)))
@@ -206,21 +232,7 @@ def _write_outputs(problem: Problem, y: np.ndarray, samples: np.ndarray, A, out_
     chi2 = np.full(len(lensed), np.nan)
     if finite.any():
         chi2[finite] = metrics.reduced_chi2(y[None] - lensed[finite], sigma_b)
-    # A chain thrown off the data manifold is a solver failure, not a posterior sample: it is left
-    # out of samples.fits and every summary, which it would otherwise swamp (chunks/ keeps it).
-    failed = metrics.diverged_chains(chi2, samples)
-    kept = np.flatnonzero(~failed)
-    if kept.size < 2:
-        raise DivergedError(f"{int(failed.sum())} of {len(failed)} chains diverged (χ²_ν from "
-                            f"{np.nanmin(chi2):.3g} to {np.nanmax(chi2):.3g}); raise sampling.n_steps "
-                            "before trusting this configuration")
-    if failed.any() and jax.process_index() == 0:
-        warnings.warn(f"{int(failed.sum())} of {len(failed)} chains diverged (chains {np.flatnonzero(failed).tolist()}, "
-                      f"χ²_ν {np.round(chi2[failed], 1).tolist()}); samples.fits, the mean, std, χ²_ν median "
-                      "and figures leave them out (chunks/ keeps every chain)", stacklevel=3)
-    if np.median(chi2[kept]) > 2.0 and jax.process_index() == 0:
-        warnings.warn(f"the samples do not fit the data: median χ²_ν {np.median(chi2[kept]):.3g} "
-                      "(a wrong lens, PSF or noise level, or chains that all diverged)", stacklevel=3)
+    kept, failed = _posterior_chains(chi2, samples)
     mean, std = metrics.posterior_moments(samples[kept])
     model = np.asarray(A(jnp.asarray(mean)))
     snr = metrics.residual_snr(y, model, sigma_b)
