@@ -2,16 +2,15 @@
 
   python benchmarks/mixture_calibration.py [--sims 50] [--chains 32] [--n-steps 200]
       [--priors locations,scales] [--sigma-n 0.05,0.2] [--modes exact,tweedie,eq19] [--cg-maxiter 5]
-      [--json out/mixture.json]
+      [--jacobian-error 0.1] [--json out/mixture.json]
 
-On the learned 64² prior, 'tweedie' is ~5 % over-confident by spread/skill even on the prior's own
-draws (benchmarks/RESULTS.md), with the Lanczos cap, the step count and the truths ruled out. The
-suspect left is the approximation itself: tweedie takes p(x₀ | x_t) to be Gaussian. On a Gaussian
-prior that is exact, so the analytic Gaussian tests cannot see it. Here the prior is a two-component
-Gaussian mixture (`jaxlens.sample.mixture`) on 16² sources through a real SIE + shear operator, so
+Tweedie takes p(x₀ | x_t) to be Gaussian. On a Gaussian prior that is exact, so the analytic
+Gaussian tests cannot see what the approximation costs. Here the prior is a two-component Gaussian
+mixture (`jaxlens.sample.mixture`) on 16² sources through a real SIE + shear operator, so
 p(x₀ | x_t) is not Gaussian but the score, its Jacobian (hence tweedie's covariance) and the
-posterior are all exact. Whatever tweedie gets wrong here is the Gaussian approximation (and the
-solve cap, which --cg-maxiter varies).
+posterior are all exact: what tweedie gets wrong is the Gaussian approximation and its solve's
+truncation (--cg-maxiter). It was written to test whether the approximation explains tweedie's ~5 %
+over-confidence on the learned 64² prior; at that noise level it does not (benchmarks/RESULTS.md).
 
 Priors: 'locations' mixes two galaxy-like means (a round and an offset elongated blob: p(x₀ | x_t)
 is bimodal at intermediate σ); 'scales' mixes one mean with fluctuations of std 0.05 and 0.3 (a
@@ -21,7 +20,9 @@ cap and step count.
 
 Modes: 'exact' integrates the reverse SDE with the exact diffused posterior score (the sampler's own
 error at this N), 'tweedie' and 'eq19' the likelihood terms with the exact prior score, and 'draws'
-samples the posterior mixture directly (no SDE: the Monte-Carlo reference). For each it prints,
+samples the posterior mixture directly (no SDE: the Monte-Carlo reference). --jacobian-error δ
+gives tweedie a score whose value is exact but whose Jacobian is J (I + δ E), a model of a learned
+score's (see `with_jacobian_error`). For each it prints,
 pooled over the simulations (truth drawn from the prior, y = A x + σ_n ε):
   var ratio   Σ tr Cov(samples) / Σ tr Cov(exact posterior): < 1 is too narrow;
   mean err    Σ ‖mean(samples) − exact mean‖² / Σ tr Cov(exact), × n chains (≈ 1 for exact draws);
@@ -86,6 +87,29 @@ def make_prior(name: str):
     return mixture_prior(comps, [0.5, 0.5])
 
 
+def with_jacobian_error(score_fn, delta: float, dim: int, seed: int = 0):
+    """The same score, but differentiated as J (I + δ E) with E a fixed random matrix of spectral norm 1.
+
+    A model of a learned score, whose Jacobian is a few per cent off and asymmetric: tweedie's
+    C = σ² I + σ⁴ J multiplies that error by σ⁴ where C itself is only the prior's covariance,
+    so at large σ the C it sees is indefinite, as the learned prior's is. Only 'tweedie' reads J.
+    """
+    e = np.random.default_rng(seed).standard_normal((dim, dim))
+    e = jnp.asarray(e / np.linalg.norm(e, 2), jnp.float32)
+
+    @jax.custom_jvp
+    def score(x, t):
+        return score_fn(x, t)
+
+    @score.defjvp
+    def score_jvp(primals, tangents):
+        x, t = primals
+        dx = tangents[0] + delta * (e @ tangents[0].reshape(-1)).reshape(x.shape)
+        return jax.jvp(lambda z: score_fn(z, t), (x,), (dx,))
+
+    return score
+
+
 def _exact_chains(n_steps: int):
     """Chains of the reverse SDE under the exact diffused posterior score; the posterior is an argument."""
 
@@ -113,7 +137,7 @@ def _weight_error(post, xs):
     return 0.5 * np.abs(frac - post.weights).sum()
 
 
-def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, cg_maxiter, seed=0):
+def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, cg_maxiter, seed=0, jacobian_error=0.0):
     prior = make_prior(prior_name)
     A, _ = lens_operator(LENS, GEOM)
     M = dense_operator(A, SHAPE)
@@ -121,6 +145,8 @@ def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, cg_maxiter, s
     Ad = lambda x: (mj @ x.reshape(-1)).reshape(GEOM.img_shape + (1,))  # noqa: E731
     ATd = lambda r: (mj.T @ r.reshape(-1)).reshape(SHAPE)  # noqa: E731
     score = mixture_prior_score(prior, SDE)
+    if jacobian_error:
+        score = with_jacobian_error(score, jacobian_error, int(np.prod(SHAPE)))
     exact = _exact_chains(n_steps)
     truths = np.asarray(mixture_prior_sample(jax.random.key(seed), prior, sims), np.float64)
     rng = np.random.default_rng(seed)
@@ -176,6 +202,8 @@ def main() -> None:
     ap.add_argument("--sigma-n", default="0.05,0.2")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--cg-maxiter", type=int, default=5)
+    ap.add_argument("--jacobian-error", type=float, default=0.0,
+                    help="relative error δ of the prior score's Jacobian as tweedie sees it (see with_jacobian_error)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
@@ -183,13 +211,15 @@ def main() -> None:
     if unknown := set(modes) - set(MODES):
         raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {MODES}")
     print(f"# mixture calibration, {datetime.date.today()}, {machine()}")
-    print(f"# {args.sims} simulations x {args.chains} chains, N = {args.n_steps}, tweedie cap {args.cg_maxiter}")
+    print(f"# {args.sims} simulations x {args.chains} chains, N = {args.n_steps}, tweedie cap {args.cg_maxiter}"
+          + (f", Jacobian error δ = {args.jacobian_error}" if args.jacobian_error else ""))
     print("| prior | σ_n | mode | var ratio | mean err | weight err | spread/skill | diverged | s / sim |")
     print("|---|---|---|---|---|---|---|---|---|")
     out = []
     for p in args.priors.split(","):
         for s in (float(v) for v in args.sigma_n.split(",")):
-            rows = run_setting(p, s, modes, args.sims, args.chains, args.n_steps, args.cg_maxiter, args.seed)
+            rows = run_setting(p, s, modes, args.sims, args.chains, args.n_steps, args.cg_maxiter, args.seed,
+                               args.jacobian_error)
             for m, r in rows.items():
                 print(f"| {p} | {s} | {m} | {r['var_ratio']:.3f} | {r['mean_err']:.2f} | {r['weight_err']:.3f} | "
                       f"{r['spread_skill']:.3f} ± {r['spread_skill_err']:.3f} | {r['diverged']} | "

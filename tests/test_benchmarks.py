@@ -110,3 +110,27 @@ def test_mixture_calibration_script_reports_each_mode(tmp_path):
     assert 0.8 < rows["draws"]["var_ratio"] < 1.2 and 0.5 < rows["draws"]["mean_err"] < 2.0
     assert all(row["diverged"] == 0 and row["spread_skill"] > 0 for row in rows.values())
     assert "| scales | 0.3 | tweedie |" in r.stdout
+
+
+def test_jacobian_error_model_keeps_the_score_and_perturbs_its_jacobian_as_documented():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import jax.numpy as jnp
+    import numpy as np
+
+    import mixture_calibration as mc
+    from jaxlens.sample import mixture_prior_score
+
+    prior = mc.make_prior("gaussian")
+    score = mixture_prior_score(prior, mc.SDE)
+    d = int(np.prod(mc.SHAPE))
+    wrapped = mc.with_jacobian_error(score, 0.1, d)
+    x, t = jnp.asarray(prior.means[0], jnp.float32) + 0.05, jnp.asarray(0.6)
+    np.testing.assert_array_equal(wrapped(x, t), score(x, t))
+
+    def jac(f):
+        return np.asarray(jax.jacfwd(lambda z: f(z.reshape(mc.SHAPE), t).reshape(-1))(x.reshape(-1)), np.float64)
+
+    j, j_err = jac(score), jac(wrapped)
+    e = np.linalg.solve(j, j_err - j) / 0.1  # J (I + δ E) = J + δ J E
+    assert abs(np.linalg.norm(e, 2) - 1.0) < 1e-2
+    assert np.linalg.norm(e - e.T) > 0.5 * np.linalg.norm(e)  # asymmetric, as a learned Jacobian is
