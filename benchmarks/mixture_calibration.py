@@ -69,22 +69,21 @@ def _blob(x0, y0, r, q=1.0, amp=1.0):
     return (amp * np.exp(-0.5 * (((xx - x0) / r) ** 2 + ((yy - y0) * q / r) ** 2)))[..., None]
 
 
+def _component(mean, length_scale, std):
+    prior = smooth_gaussian_prior(SHAPE, length_scale=length_scale, std=std, jitter=0.02)
+    return prior._replace(mean=jnp.asarray(mean, jnp.float32))
+
+
 def make_prior(name: str):
+    round_galaxy = _component(_blob(0, 0, 2.5), 2.0, 0.1)
+    if name == "gaussian":  # tweedie is exact here but for its solve and N
+        return mixture_prior([round_galaxy], [1.0])
     if name == "locations":
-        a = smooth_gaussian_prior(SHAPE, length_scale=2.0, std=0.1, jitter=0.02)
-        b = smooth_gaussian_prior(SHAPE, length_scale=1.5, std=0.1, jitter=0.02)
-        means = [_blob(0, 0, 2.5), _blob(2.5, -1.5, 3.0, q=2.0, amp=0.8)]
-        comps = [a._replace(mean=jnp.asarray(means[0], jnp.float32)), b._replace(mean=jnp.asarray(means[1], jnp.float32))]
-    elif name == "gaussian":  # the round component alone: tweedie is exact here but for its solve and N
-        a = smooth_gaussian_prior(SHAPE, length_scale=2.0, std=0.1, jitter=0.02)
-        return mixture_prior([a._replace(mean=jnp.asarray(_blob(0, 0, 2.5), jnp.float32))], [1.0])
-    elif name == "scales":
-        mean = jnp.asarray(_blob(0, 0, 2.5), jnp.float32)
-        comps = [smooth_gaussian_prior(SHAPE, length_scale=2.0, std=s, jitter=0.02)._replace(mean=mean)
-                 for s in (0.05, 0.3)]
-    else:
-        raise ValueError(f"unknown prior {name!r}; use 'locations', 'scales' or 'gaussian'")
-    return mixture_prior(comps, [0.5, 0.5])
+        elongated = _component(_blob(2.5, -1.5, 3.0, q=2.0, amp=0.8), 1.5, 0.1)
+        return mixture_prior([round_galaxy, elongated], [0.5, 0.5])
+    if name == "scales":
+        return mixture_prior([_component(_blob(0, 0, 2.5), 2.0, s) for s in (0.05, 0.3)], [0.5, 0.5])
+    raise ValueError(f"unknown prior {name!r}; use 'locations', 'scales' or 'gaussian'")
 
 
 def with_jacobian_error(score_fn, delta: float, dim: int, seed: int = 0):
