@@ -119,3 +119,39 @@ def test_aux_gain_drops_the_eigenpairs_below_the_floor():
     ref = g @ (s * (q[:, keep] @ (coef[keep] / lam[keep])))
     np.testing.assert_allclose(gain, ref, rtol=1e-3, atol=2e-3 * np.abs(ref).max())
     assert int(info.clipped) == int((~keep).sum())
+
+
+def _dense_galerkin_of_symmetric_part(m, b, d, k):
+    """S V (Vᵀ ½(M̃ + M̃ᵀ) V)⁻¹ Vᵀ b̃ for M̃ = S M S, b̃ = S b, S = D^-½, V an orthonormal basis of K_k(M̃, b̃)."""
+    s = 1 / np.sqrt(d.astype(np.float64))
+    mt = s[:, None] * m.astype(np.float64) * s[None, :]
+    bt = s * b
+    v = [bt / np.linalg.norm(bt)]
+    for _ in range(k - 1):
+        w = mt @ v[-1]
+        for _ in range(2):
+            w = w - np.stack(v).T @ (np.stack(v) @ w)
+        v.append(w / np.linalg.norm(w))
+    v = np.stack(v).T
+    t = v.T @ (0.5 * (mt + mt.T)) @ v
+    return s * (v @ np.linalg.solve(t, v.T @ bt)), np.linalg.eigvalsh(t)
+
+
+@pytest.mark.parametrize("k", [3, 6, 12])
+def test_non_symmetric_operator_is_solved_by_the_symmetric_part_of_its_projection(k):
+    # A learned Jacobian is not symmetric. M̃ = Q Λ Qᵀ + a skew part: its symmetric part has spectrum Λ ⊂ [0.5, 2],
+    # so nothing should be clipped and the solve is the Galerkin one of that symmetric part. Reading the Hessenberg
+    # projection as tridiagonal (Lanczos' assumption) makes T indefinite here.
+    rng = np.random.default_rng(6)
+    lam = np.geomspace(0.5, 2.0, N)
+    m, b, d, _ = _problem(lam, seed=6)
+    skew = rng.normal(size=(N, N))
+    skew = 0.4 * (skew - skew.T) / np.sqrt(N)
+    sq = np.sqrt(d)[:, None]
+    m = (m + sq * skew * sq.T).astype(np.float32)
+    g = rng.normal(size=(5, N)).astype(np.float32)
+    u, gain, info = _solve_aux(m, b, d, 0.1, g, tol=1e-12, maxiter=k)
+    ref, ritz = _dense_galerkin_of_symmetric_part(m, b, d, k)
+    assert ritz.min() >= 0.5 - 1e-6 and int(info.clipped) == 0 and int(info.iterations) == k
+    np.testing.assert_allclose(u, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+    np.testing.assert_allclose(gain, g @ ref, rtol=1e-3, atol=1e-3 * np.abs(g @ ref).max())

@@ -11,7 +11,9 @@ Krylov subspace with the Ritz values raised to a floor that the exact operator i
 respect (σ_n² I + A C Aᵀ ⪰ σ_n² I for any covariance C). For a symmetric operator above the
 floor this is conjugate gradients' iterate, computed another way; otherwise it is the solve
 with the operator's spectrum projected onto [floor, ∞) within the subspace, and
-‖u‖ ≤ ‖r‖ / (floor · min diag) holds whatever the operator does.
+‖u‖ ≤ ‖r‖ / (floor · min diag) holds whatever the operator does. A non-symmetric operator is
+replaced by the symmetric part of its whole projection Vᵀ op V (a Galerkin solve of (op + opᵀ)/2
+in the subspace), not by the tridiagonal part that Lanczos' recurrence assumes.
 
 With `has_aux` it also returns the gain G op⁻¹ b for op = σ_n² I + A G, built from the G v of
 each Lanczos vector, with the Ritz pairs below the floor dropped instead of raised. That is what
@@ -100,20 +102,20 @@ def jacobi_eigh(a: jax.Array, *, max_sweeps: int = 10) -> tuple[jax.Array, jax.A
     return jnp.diag(a)[:k], v[:k, :k]
 
 
-def _subspace_solve(alpha, beta, k, norm_b, floor):
+def _subspace_solve(projected, k, norm_b, floor):
     """Coefficients in the first k Lanczos vectors of ‖b‖ T⁺⁻¹ e₁ and of ‖b‖ T₊⁻¹ e₁.
 
-    T⁺ has its eigenvalues below `floor` raised to it; T₊ has those eigenpairs removed (their
-    inverse taken as zero). T is kept at its full [maxiter, maxiter] size so that the shape is
-    static.
+    T is the symmetric part of the projected operator Vᵀ op V. T⁺ has its eigenvalues below
+    `floor` raised to it; T₊ has those eigenpairs removed (their inverse taken as zero). T is kept
+    at its full [maxiter, maxiter] size so that the shape is static.
     """
-    n = alpha.shape[0]
+    n = projected.shape[0]
     used = jnp.arange(n) < k
+    block = used[:, None] & used[None, :]
     # The unused block is a multiple of the identity above the floor: its Ritz values are never
     # clipped and carry no weight, since e₁ has no component there.
-    diag = jnp.where(used, alpha, jnp.maximum(floor, 1.0))
-    off = jnp.where(jnp.arange(n - 1) < k - 1, beta[1:n], 0.0)
-    lam, Q = jacobi_eigh(jnp.diag(diag) + jnp.diag(off, 1) + jnp.diag(off, -1))
+    t = jnp.where(block, 0.5 * (projected + projected.T), jnp.diag(jnp.where(used, 0.0, jnp.maximum(floor, 1.0))))
+    lam, Q = jacobi_eigh(t)
     weight = Q[0] * norm_b
     raised = Q @ (weight / jnp.maximum(lam, floor))
     kept = lam >= floor
@@ -169,17 +171,23 @@ def clipped_lanczos_solve(
     floor = jnp.asarray(floor, dtype)
 
     def body(state):
-        k, V, G, alpha, beta, pivot, last, indefinite, _ = state
+        k, V, G, P, beta, pivot, last, indefinite, _ = state
         v = V[k]
         w, g = apply(v)
         G = G.at[k].set(g)
-        a = jnp.vdot(v, w)
         # Full re-orthogonalisation, twice: k ≤ maxiter vectors, cheap next to `op`, and it keeps
-        # the Ritz values honest in float32.
-        w = w - V.T @ (V @ w)
-        w = w - V.T @ (V @ w)
+        # the Ritz values honest in float32. Its coefficients are column k of Vᵀ op V, kept whole:
+        # for a non-symmetric op (a learned Jacobian) that matrix is Hessenberg, not the
+        # tridiagonal (α, β) that Lanczos assumes, and reading it as tridiagonal can put a spurious
+        # Ritz value just above the floor, a gain ~1/floor times too large in one step.
+        h = V @ w
+        w = w - V.T @ h
+        h2 = V @ w
+        w = w - V.T @ h2
         bk = jnp.linalg.norm(w)
-        alpha, beta = alpha.at[k].set(a), beta.at[k + 1].set(bk)
+        a = h[k] + h2[k]
+        P = P.at[:, k].set((h + h2)[:maxiter].at[k + 1].set(bk, mode="drop"))
+        beta = beta.at[k + 1].set(bk)
         V = V.at[k + 1].set(jnp.where(bk > tiny, w / jnp.maximum(bk, tiny), 0.0))
         # LDLᵀ of T without pivoting: while every pivot is positive T is positive definite and
         # `last` = (T⁻¹)ₖ₁ gives CG's residual β_{k+1} |(T⁻¹)ₖ₁| ‖b‖, a valid stopping test; a
@@ -189,7 +197,7 @@ def clipped_lanczos_solve(
         indefinite = indefinite | (d <= 0)
         d = jnp.where(jnp.abs(d) > tiny, d, tiny)
         last = jnp.where(k == 0, 1.0 / d, -last * beta[k] / d)
-        return k + 1, V, G, alpha, beta, d, last, indefinite, bk * jnp.abs(last) * norm_b
+        return k + 1, V, G, P, beta, d, last, indefinite, bk * jnp.abs(last) * norm_b
 
     def cond(state):
         k, _, _, _, beta, _, _, indefinite, residual = state
@@ -199,10 +207,10 @@ def clipped_lanczos_solve(
     V0 = jnp.zeros((maxiter + 1, n), dtype).at[0].set(rhs / jnp.maximum(norm_b, tiny))
     G0 = jnp.zeros((maxiter, int(np.prod(aux_shape.shape))), aux_shape.dtype)
     zero = jnp.zeros((), dtype)
-    init = (jnp.int32(0), V0, G0, jnp.zeros(maxiter, dtype), jnp.zeros(maxiter + 1, dtype), zero + 1, zero,
-            jnp.asarray(False), jnp.asarray(jnp.inf, dtype))
-    k, V, G, alpha, beta, *_ = jax.lax.while_loop(cond, body, init)
-    raised, removed, clipped = _subspace_solve(alpha, beta, k, norm_b, floor)
+    init = (jnp.int32(0), V0, G0, jnp.zeros((maxiter, maxiter), dtype), jnp.zeros(maxiter + 1, dtype), zero + 1,
+            zero, jnp.asarray(False), jnp.asarray(jnp.inf, dtype))
+    k, V, G, P, *_ = jax.lax.while_loop(cond, body, init)
+    raised, removed, clipped = _subspace_solve(P, k, norm_b, floor)
     u = (scale * (V[:maxiter].T @ raised)).reshape(b.shape)
     info = KrylovInfo(k, clipped)
     if not has_aux:
