@@ -47,7 +47,7 @@ from jaxlens.sample import integrate, make_likelihood, posterior_score  # noqa: 
 from jaxlens.sde import VESDE  # noqa: E402
 from train_throughput import time_config  # noqa: E402
 
-PAPER_SIGMA_MAX = 380.0  # the paper's VE SDE at 256² (DESIGN.md); only the noise scale of the states
+PAPER_SIGMA_MAX = 380.0  # the paper's VE SDE at 256²; only the noise scale of the states
 
 
 def _median_time(fn, repeats: int) -> float:

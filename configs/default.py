@@ -6,6 +6,8 @@ The config is locked, so a misspelt key is an error.
 
 import ml_collections
 
+from jaxlens.sample import Eq12, Tweedie
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -79,8 +81,11 @@ def get_config() -> ml_collections.ConfigDict:
     p.confidence = 0.99
     p.chunk_size = 16
     p.likelihood = "eq19"  # eq19 (the paper) | eq12 | tweedie | dps (see jaxlens.sample.likelihood)
-    p.cg_tol = 1e-5
-    p.cg_maxiter = 50
+    # Each likelihood's own options; their defaults are the library's (one place).
+    p.cg_tol = Eq12.cg_tol  # eq12: CG relative tolerance
+    p.cg_maxiter = Eq12.cg_maxiter  # eq12: CG iteration cap
+    p.lanczos_cap = Tweedie.lanczos_cap  # tweedie: most Jacobian-vector products per step
+    p.lanczos_tol = Tweedie.lanczos_tol  # tweedie: relative tolerance of the Lanczos solve
     p.solver = "em"  # em (the paper) | pc | ode
     p.snr = 0.16  # Langevin corrector signal-to-noise (solver=pc)
     p.denoise = False  # final Tweedie denoising step

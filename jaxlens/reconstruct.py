@@ -31,7 +31,7 @@ from jaxlens import io
 from jaxlens.diagnostics import figures, metrics
 from jaxlens.lensing import Geometry, LensParams, check_lens, lens_operator, normal_operator_norm, render
 from jaxlens.prior import LoadedPrior
-from jaxlens.sample import EulerMaruyama, PredictorCorrector, ProbabilityFlow, sample_posterior
+from jaxlens.sample import Eq19, EulerMaruyama, Likelihood, PredictorCorrector, ProbabilityFlow, sample_posterior
 from jaxlens.sde import stable_steps, step_confidence, steps_for_confidence
 
 SOLVERS = ("em", "pc", "ode")
@@ -57,14 +57,15 @@ class Problem(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class SamplingOptions:
-    """How to sample. `n_steps=0` chooses N by Technique 2 at `confidence`."""
+    """How to sample. `n_steps=0` chooses N by Technique 2 at `confidence`.
+
+    `likelihood` is a term of `jaxlens.sample` (Eq19(), Eq12(...), Tweedie(...), DPS()).
+    """
 
     n_chains: int = 16
     n_steps: int = 0
     confidence: float = 0.97
-    likelihood: str = "eq19"
-    cg_tol: float = 1e-5
-    cg_maxiter: int = 50
+    likelihood: Likelihood = Eq19()
     solver: str = "em"
     snr: float = 0.16
     denoise: bool = False
@@ -104,7 +105,7 @@ def n_steps_for(options: SamplingOptions, prior: LoadedPrior, shape: tuple[int, 
     """
     args = (int(np.prod(shape)), prior.sde.sigma_min, prior.sde.sigma_max)
     stable = 2
-    if options.likelihood == "eq19" and curvature is not None:
+    if isinstance(options.likelihood, Eq19) and curvature is not None:
         stable = stable_steps(curvature, prior.sde.sigma_min, prior.sde.sigma_max)
     if options.n_steps == 0:
         return max(steps_for_confidence(options.confidence, *args), stable)
@@ -118,6 +119,14 @@ def n_steps_for(options: SamplingOptions, prior: LoadedPrior, shape: tuple[int, 
                       f"with the eq19 likelihood on this lens (λ_max(AᵀA) = {curvature:.3g}); samples may blow up",
                       stacklevel=2)
     return options.n_steps
+
+
+def _describe(options: SamplingOptions) -> dict:
+    """The options as JSON: the likelihood by name, with its own options beside it."""
+    out = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    out["likelihood"] = options.likelihood.name
+    out.update(options.likelihood.options())
+    return out
 
 
 class DivergedError(RuntimeError):
@@ -166,15 +175,14 @@ def reconstruct(
     shape = check_compatible(problem, prior)
     y = problem.y if problem.y.ndim == 3 else problem.y[..., None]
     A, AT = lens_operator(problem.lens, problem.geometry)
-    curvature = normal_operator_norm(A, AT, shape) if options.likelihood == "eq19" else None
+    curvature = normal_operator_norm(A, AT, shape) if isinstance(options.likelihood, Eq19) else None
     n_steps = n_steps_for(options, prior, shape, curvature)
     timings["setup_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
     samples = sample_posterior(
         jax.random.key(options.seed), prior.score_fn(), y, A, AT, problem.sigma_n, prior.sde,
-        options.n_chains, n_steps, likelihood=options.likelihood, cg_tol=options.cg_tol,
-        cg_maxiter=options.cg_maxiter, solver=_solver(options), denoise=options.denoise,
+        options.n_chains, n_steps, likelihood=options.likelihood, solver=_solver(options), denoise=options.denoise,
         chunk_size=options.chunk_size, out_dir=os.path.join(out_dir, "chunks"),
         progress=options.progress, tag=tag)
     timings["sampling_s"] = time.perf_counter() - t1
@@ -184,7 +192,7 @@ def reconstruct(
     timings["outputs_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
     summary.update(
-        settings={**(settings or {}), **dataclasses.asdict(options), "n_steps": n_steps},
+        settings={**(settings or {}), **_describe(options), "n_steps": n_steps},
         n_steps=n_steps,
         wall_time_s=round(timings["total_s"], 2),
         timings_s={k: round(v, 2) for k, v in timings.items()},
@@ -264,8 +272,7 @@ def _write_outputs(problem: Problem, y: np.ndarray, samples: np.ndarray, A, out_
         summary["source_relative_error"] = err
         summary["source_residual_over_std_rms"] = float(
             np.sqrt(np.mean(((mean - truth) / np.maximum(std, 1e-12)) ** 2)))
-    truth_src = problem.truth if problem.truth is not None else mean
-    figures.figure1(os.path.join(out_dir, "figure1.png"), truth_source=truth_src, observation=y,
+    figures.figure1(os.path.join(out_dir, "figure1.png"), truth_source=problem.truth, observation=y,
                     samples=samples, lens_images_of_samples=lensed, sigma_n=sigma_b,
                     truth_lensed=truth_lensed, src_fov=g.src_fov, img_fov=g.img_fov)
     figures.figure3(os.path.join(out_dir, "figure3.png"), samples[:16], chi2[:16], fov=g.src_fov)

@@ -21,7 +21,7 @@ def problem():
     import jax
 
     from jaxlens.lensing import Geometry, LensParams, lens_operator, simulate
-    from jaxlens.sample import gaussian_prior_sample, gaussian_prior_score, smooth_gaussian_prior
+    from jaxlens.reference import gaussian_prior_sample, gaussian_prior_score, smooth_gaussian_prior
     from jaxlens.sde import VESDE
 
     geom = Geometry(src_npix=16, src_fov=2.0, fine_npix=32, img_fov=3.0, pool=2)

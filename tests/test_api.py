@@ -1,4 +1,4 @@
-"""The public surface: every exported name exists, and DESIGN.md's names keep their signatures."""
+"""The public surface: every exported name exists, and the documented entry points keep their signatures."""
 
 import importlib
 import inspect
@@ -35,6 +35,9 @@ def test_every_exported_name_exists(name):
     ("jaxlens.sample", "euler_maruyama", ["key", "score_fn", "sde", "x_init", "n_steps"]),
     ("jaxlens.sample", "sample_posterior",
      ["key", "score_fn", "y", "A", "AT", "sigma_n", "sde", "n_chains", "n_steps"]),
+    ("jaxlens.sample", "posterior_chains", ["key", "prior_score", "observation", "sde"]),
+    ("jaxlens.sample", "prior_chains", ["key", "prior_score", "sde", "shape"]),
+    ("jaxlens.sample", "observe", ["y", "sigma_n"]),
 ])
 def test_design_names_keep_their_leading_parameters(module, name, params):
     obj = getattr(importlib.import_module(module), name)

@@ -118,7 +118,7 @@ def test_jacobian_error_model_keeps_the_score_and_perturbs_its_jacobian_as_docum
     import numpy as np
 
     import mixture_calibration as mc
-    from jaxlens.sample import mixture_prior_score
+    from jaxlens.reference import mixture_prior_score
 
     prior = mc.make_prior("gaussian")
     score = mixture_prior_score(prior, mc.SDE)

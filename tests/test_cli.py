@@ -44,15 +44,16 @@ def test_calibrated_config_is_the_default_with_the_coverage_settings():
     sys.path.insert(0, REPO)
     from configs import calibrated_64, procedural_64
     from jaxlens.cli import common
+    from jaxlens.sample import Tweedie
 
     calibrated, default = calibrated_64.get_config().to_dict(), procedural_64.get_config().to_dict()
     changed = {k for k in default["sampling"] if calibrated["sampling"][k] != default["sampling"][k]}
-    assert changed == {"likelihood", "n_steps", "cg_maxiter", "cg_tol"}
+    assert changed == {"likelihood", "n_steps"}  # the Lanczos options are the library's defaults
     calibrated.pop("sampling"), default.pop("sampling")
     assert calibrated == default  # the same prior, lens and data: it runs on the shipped checkpoint
     options = common.sampling_options(calibrated_64.get_config())
-    # The settings of the README's coverage study (benchmarks/coverage.py --modes tweedie:100:200 --cg-maxiter 5).
-    assert (options.likelihood, options.n_steps, options.cg_maxiter, options.cg_tol) == ("tweedie", 200, 5, 1e-4)
+    # The settings of the coverage study (tweedie at N = 200, Lanczos cap 5, tolerance 1e-4).
+    assert (options.likelihood, options.n_steps) == (Tweedie(lanczos_cap=5, lanczos_tol=1e-4), 200)
 
 
 def test_short_default_run_writes_every_output(tmp_path):
@@ -101,6 +102,8 @@ def test_bad_input_exits_nonzero_and_leaves_out_untouched(tmp_path, files):
         "checkpoint of another resolution": [f"--config={os.path.join(REPO, 'configs', 'tiny.py')}"],
         "bf16 network with the dps likelihood": ["--config.model.dtype=bfloat16",
                                                  "--config.sampling.likelihood=dps"],
+        "misspelt config key": ["--config.sampling.n_chainz=2"],
+        "unknown likelihood": ["--config.sampling.likelihood=eq20"],
         "non-empty --out": [],
     }
     fresh = tmp_path / "fresh"
@@ -110,6 +113,7 @@ def test_bad_input_exits_nonzero_and_leaves_out_untouched(tmp_path, files):
         r = _sample(f"--out={target}", *args, timeout=300)
         assert r.returncode == 2, (why, r.returncode, r.stderr[-2000:])
         assert r.stderr.strip().splitlines()[-1].startswith("error:"), (why, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr, (why, r.stderr[-2000:])
         assert not fresh.exists(), why
         assert sorted(p.name for p in out.iterdir()) == ["keep.txt"], why
         assert sentinel.read_text() == "previous results", why

@@ -354,6 +354,12 @@ def test_figure1_and_shape_errors(tmp_path):
               sigma_n=0.1, truth_lensed=rng.random((6, 6)), src_fov=2.0, img_fov=3.0)
     path = dg.figure1(tmp_path / "f1.png", figsize=(9.0, 3.0), dpi=40, **kw)
     assert _png_size(path) == (120, 360)
+    # Observed data: no truth, so its two source-plane panels stay empty (white), the others are drawn.
+    real = dg.figure1(tmp_path / "real.png", figsize=(9.0, 3.0), dpi=40, **{**kw, "truth_source": None,
+                                                                         "truth_lensed": None})
+    img = imread(real)[..., :3]
+    top_left, top_right, top_mid = img[10:50, 5:50], img[10:50, -55:-10], img[10:50, 70:120]
+    assert np.all(top_left > 0.99) and np.all(top_right > 0.99) and not np.all(top_mid > 0.99)
     with pytest.raises(ValueError, match="do not match truth_source"):
         dg.figure1(tmp_path / "x.png", **{**kw, "samples": rng.random((3, 7, 8, 1))})
     with pytest.raises(ValueError, match="N ≥ 2"):

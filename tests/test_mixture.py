@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from jaxlens.sample import (
+from jaxlens.reference import (
     gaussian_prior_score,
     mixture_log_density,
     mixture_moments,
@@ -18,9 +18,9 @@ from jaxlens.sample import (
     mixture_prior,
     mixture_prior_sample,
     mixture_prior_score,
-    sample_prior,
     smooth_gaussian_prior,
 )
+from jaxlens.sample import sample_prior
 from jaxlens.sde import VESDE
 
 SHAPE = (4, 4, 1)

@@ -28,7 +28,8 @@ from jaxlens.diagnostics import metrics
 from jaxlens.lensing import lens_operator
 from jaxlens.prior import load_prior
 from jaxlens.reconstruct import simulated_problem
-from jaxlens.sample import gaussian_em_moments, sample_posterior, smooth_gaussian_prior
+from jaxlens.reference import gaussian_em_moments, smooth_gaussian_prior
+from jaxlens.sample import Tweedie, likelihood_from_name, sample_posterior
 from test_sample import MC_MAX, MC_RMS, SDE, SHAPE, _observe, _zscores, lens  # noqa: F401 (lens: a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,7 @@ def _bf16_gaussian_score(prior):
     return score
 
 
-def _gaussian_run(lens, mode, sigma_n, n_steps, score_of_prior, cg_maxiter=60):
+def _gaussian_run(lens, mode, sigma_n, n_steps, score_of_prior, lanczos_cap=60):
     # A well-conditioned Σ (condition number ~500 rather than the default ~25000): bf16 operands carry
     # 3 significant digits, so an ill-conditioned dense Σ⁻¹ is not a model of the network's rounding.
     prior = smooth_gaussian_prior(SHAPE, jitter=0.05)
@@ -57,7 +58,8 @@ def _gaussian_run(lens, mode, sigma_n, n_steps, score_of_prior, cg_maxiter=60):
     y = _observe(prior, M, sigma_n)
     law_mu, law_cov = gaussian_em_moments(prior, M, y, sigma_n, SDE, n_steps, likelihood=mode)
     samples = sample_posterior(jax.random.key(1), score_of_prior(prior), y, Ad, ATd, sigma_n, SDE, 128,
-                               n_steps, likelihood=mode, cg_maxiter=cg_maxiter, progress=False)
+                               n_steps, likelihood=Tweedie(lanczos_cap=lanczos_cap) if mode == "tweedie" else mode,
+                               progress=False)
     assert samples.dtype == np.float32
     z, r = _zscores(samples, law_mu, np.sqrt(np.diag(law_cov)).reshape(SHAPE))
     rms_z, rms_r = np.sqrt(np.mean(z**2)), np.sqrt(np.mean(r**2))
@@ -75,7 +77,7 @@ def test_bf16_score_keeps_the_tweedie_gaussian_posterior(lens):
     makes A C Aᵀ indefinite and asymmetric. With plain CG that run blew up, and with the Lanczos
     solve's Ritz values raised to σ_n² it stayed finite but off the law (rms z 1.63). The gain
     form, which drops the negative-curvature directions, keeps the float32 run's agreement."""
-    rms_z, rms_r, max_z, max_r = _gaussian_run(lens, "tweedie", 0.05, 64, _bf16_gaussian_score, cg_maxiter=30)
+    rms_z, rms_r, max_z, max_r = _gaussian_run(lens, "tweedie", 0.05, 64, _bf16_gaussian_score, lanczos_cap=30)
     assert rms_z < MC_RMS and max_z < MC_MAX and rms_r < MC_RMS and max_r < MC_MAX
 
 
@@ -93,7 +95,8 @@ def test_bf16_shipped_prior_keeps_chi2(likelihood, n_steps):
     for dtype in (jnp.float32, jnp.bfloat16):
         prior = load_prior(CHECKPOINT, dtype=dtype)
         xs = sample_posterior(jax.random.key(0), prior.score_fn(), problem.y, A, AT, sigma_n, prior.sde, 2, n_steps,
-                              likelihood=likelihood, cg_maxiter=3, progress=False)
+                              likelihood=Tweedie(lanczos_cap=3) if likelihood == "tweedie" else likelihood,
+                              progress=False)
         chi2 = metrics.reduced_chi2(problem.y[None] - np.asarray(jax.vmap(A)(jnp.asarray(xs))), sigma_n)
         out[dtype] = xs, float(np.median(chi2))
     (x32, c32), (x16, c16) = out[jnp.float32], out[jnp.bfloat16]

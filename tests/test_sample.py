@@ -26,25 +26,32 @@ import jax
 import jax.numpy as jnp
 
 from jaxlens.lensing import Geometry, LensParams, lens_operator, simulate
-from jaxlens.sample import (
-    EulerMaruyama,
-    PredictorCorrector,
-    ProbabilityFlow,
-    convolved_likelihood_score,
-    data_mesh,
+from jaxlens.reference import (
     dense_operator,
-    euler_maruyama,
-    exact_likelihood_score,
     gaussian_em_moments,
     gaussian_prior_sample,
     gaussian_prior_score,
     isotropic_gaussian_prior,
     linear_gaussian_posterior,
-    make_likelihood,
+    smooth_gaussian_prior,
+)
+from jaxlens.sample import (
+    DPS,
+    Eq12,
+    Eq19,
+    EulerMaruyama,
+    PredictorCorrector,
+    ProbabilityFlow,
+    Tweedie,
+    convolved_likelihood_score,
+    data_mesh,
+    euler_maruyama,
+    exact_likelihood_score,
+    likelihood_from_name,
+    observe,
     posterior_score,
     sample_posterior,
     sample_prior,
-    smooth_gaussian_prior,
     solve,
 )
 from jaxlens.sde import VESDE
@@ -54,6 +61,8 @@ GEOM = Geometry(src_npix=16, src_fov=2.0, fine_npix=32, img_fov=3.0, pool=2)
 LENS = LensParams(1.0, 0.1, -0.05, 0.02, -0.03, 0.02, 0.01)
 SDE = VESDE(1e-3, 40.0)
 MC_RMS, MC_MAX = 1.5, 4.5
+# tweedie's Lanczos solve converges within 60 here; its small eigenproblem grows as cap³.
+TERMS = {"eq19": Eq19(), "eq12": Eq12(cg_tol=1e-4, cg_maxiter=100), "tweedie": Tweedie(lanczos_cap=60)}
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +138,15 @@ def test_likelihood_scores_match_dense_linear_algebra(lens):
     x = rng.standard_normal(SHAPE).astype(np.float32)
     times = (0.25, 0.6)  # σ(t) = 0.013 and 0.58
     want = [_dense_scores(prior, M, x, y, sigma_n, mask, t) for t in times]
-    terms = {mode: make_likelihood(mode, y, A, AT, sigma_n, mask=mask, cg_tol=1e-6, cg_maxiter=500)
-             for mode in want[0]}
+    obs = observe(y, sigma_n, A=A, AT=AT, mask=mask)
+    terms = {"eq19": Eq19(), "eq12": Eq12(cg_tol=1e-6, cg_maxiter=500), "tweedie": Tweedie(lanczos_cap=500,
+             lanczos_tol=1e-6), "dps": DPS()}
+    assert set(terms) == set(want[0])
 
     @jax.jit
     @functools.partial(jax.vmap, in_axes=(None, 0))
     def scores(x, t):  # one compilation for every mode and time
-        return {mode: (term(prior_score, x, t, SDE), posterior_score(prior_score, term, SDE)(x, t))
+        return {mode: (term.score(prior_score, obs, x, t, SDE), posterior_score(prior_score, term, obs, SDE)(x, t))
                 for mode, term in terms.items()}
 
     out = scores(x, jnp.asarray(times, jnp.float32))
@@ -158,27 +169,34 @@ def test_bad_inputs_raise(lens):
     for bad_sigma in (0.0, -0.1, np.where(np.eye(8, 8, dtype=bool), -1.0, 0.1).repeat(2, 0).repeat(2, 1),
                       np.nan):
         with pytest.raises(ValueError, match="sigma_n"):
-            make_likelihood("eq19", y, A, AT, bad_sigma)
+            observe(y, bad_sigma, A=A, AT=AT)
     for bad in (np.nan, np.inf):
         y_bad = y.copy()
         y_bad[3, 4] = bad
         with pytest.raises(ValueError, match="NaN or Inf"):
-            make_likelihood("eq12", y_bad, A, AT, 0.1)
+            observe(y_bad, 0.1, A=A, AT=AT)
         mask = np.zeros_like(y_bad, bool)
         mask[3, 4] = True
-        make_likelihood("eq12", y_bad, A, AT, 0.1, mask=mask)  # masked: fine
+        observe(y_bad, 0.1, A=A, AT=AT, mask=mask)  # masked: fine
         sig = np.full(y.shape, 0.1)
         sig[3, 4] = np.inf
-        make_likelihood("eq12", y_bad, A, AT, sig)  # no information there: fine
+        observe(y_bad, sig, A=A, AT=AT)  # no information there: fine
     with pytest.raises(ValueError):
-        make_likelihood("eq19", np.zeros((15, 15), np.float32), A, AT, 0.1)
+        observe(np.zeros((15, 15), np.float32), 0.1, A=A, AT=AT)
     with pytest.raises(ValueError, match="broadcast"):
-        make_likelihood("eq19", y, A, AT, np.ones((3, 3)))
+        observe(y, np.ones((3, 3)), A=A, AT=AT)
     with pytest.raises(ValueError, match="unknown likelihood"):
-        make_likelihood("eq20", y, A, AT, 0.1)
-    term = make_likelihood("eq19", y, A, AT, 0.1)
+        likelihood_from_name("eq20")
+    with pytest.raises(ValueError, match="no option"):
+        likelihood_from_name("eq19", cg_maxiter=5)  # options do not leak across terms
+    with pytest.raises(ValueError, match="lanczos_cap"):
+        Tweedie(lanczos_cap=0)
+    with pytest.raises(ValueError, match="cg_tol"):
+        Eq12(cg_tol=-1.0)
+    with pytest.raises(ValueError, match="unknown likelihood"):
+        sample_posterior(jax.random.key(0), None, y, A, AT, 0.1, SDE, 2, 4, likelihood="eq20", progress=False)
     with pytest.raises(ValueError, match="state of shape"):
-        term(None, jnp.zeros((16, 16)), 0.5, SDE)
+        Eq19().score(None, observe(y, 0.1, A=A, AT=AT), jnp.zeros((16, 16)), 0.5, SDE)
     score = gaussian_prior_score(isotropic_gaussian_prior(SHAPE), SDE)
     with pytest.raises(ValueError, match="sigma_n"):
         sample_posterior(jax.random.key(0), score, y, A, AT, 0.0, SDE, 2, 4, progress=False)
@@ -281,9 +299,8 @@ def test_closed_form_posterior(lens):
         y = _observe(prior, M, sigma_n)
         mu, cov = linear_gaussian_posterior(prior, M, y, sigma_n)
         law_mu, law_cov = gaussian_em_moments(prior, M, y, sigma_n, SDE, n_steps, likelihood=mode)
-        # tweedie's Lanczos solve converges within 60 here; its small eigenproblem grows as cap³.
-        samples = sample_posterior(jax.random.key(1), score, y, Ad, ATd, sigma_n, SDE, n, n_steps, likelihood=mode,
-                                   cg_maxiter=60 if mode == "tweedie" else 100, progress=False)
+        samples = sample_posterior(jax.random.key(1), score, y, Ad, ATd, sigma_n, SDE, n, n_steps, likelihood=TERMS[mode],
+                                   progress=False)
         assert samples.shape == (n,) + SHAPE and np.all(np.isfinite(samples))
         z, r = _zscores(samples, law_mu, np.sqrt(np.diag(law_cov)).reshape(SHAPE))
         msg = f"{mode} σ_n={sigma_n}: vs EM law rms z {np.sqrt(np.mean(z**2)):.2f} max {np.abs(z).max():.2f}"

@@ -12,8 +12,8 @@ from astropy.io import fits
 from jaxlens.diagnostics import metrics
 from jaxlens.lensing import Geometry, LensParams, lens_operator, normal_operator_norm
 from jaxlens.reconstruct import DivergedError, SamplingOptions, _write_outputs, n_steps_for, simulated_problem
-from jaxlens.sample import gaussian_prior_score, isotropic_gaussian_prior, sample_posterior
-from jaxlens.sample.gaussian import dense_operator
+from jaxlens.reference import dense_operator, gaussian_prior_score, isotropic_gaussian_prior
+from jaxlens.sample import Tweedie, sample_posterior
 from jaxlens.sde import VESDE, stable_steps
 
 GEOM = Geometry(src_npix=16, src_fov=2.0, fine_npix=32, img_fov=3.0, pool=2)
@@ -94,4 +94,4 @@ def test_n_steps_for_respects_the_bound():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         n_steps_for(SamplingOptions(n_steps=need), Prior, shape, stiff)
-        n_steps_for(SamplingOptions(n_steps=need - 1, likelihood="tweedie"), Prior, shape, stiff)
+        n_steps_for(SamplingOptions(n_steps=need - 1, likelihood=Tweedie()), Prior, shape, stiff)

@@ -117,6 +117,20 @@ def lens_params(config: ml_collections.ConfigDict):
     return LensParams(*(float(config.lens[k]) for k in LensParams._fields))
 
 
+_LIKELIHOOD_OPTIONS = {"eq19": (), "eq12": ("cg_tol", "cg_maxiter"), "tweedie": ("lanczos_cap", "lanczos_tol"),
+                       "dps": ()}
+
+
+def likelihood(config: ml_collections.ConfigDict):
+    """The likelihood term named by `sampling.likelihood`, with the options that belong to it."""
+    from jaxlens.sample import likelihood_from_name
+
+    s = config.sampling
+    if s.likelihood not in _LIKELIHOOD_OPTIONS:
+        raise ValueError(f"unknown sampling.likelihood {s.likelihood!r}; choose one of {tuple(_LIKELIHOOD_OPTIONS)}")
+    return likelihood_from_name(s.likelihood, **{k: s[k] for k in _LIKELIHOOD_OPTIONS[s.likelihood]})
+
+
 def sampling_options(config: ml_collections.ConfigDict):
     from jaxlens.reconstruct import SamplingOptions
 
@@ -128,9 +142,8 @@ def sampling_options(config: ml_collections.ConfigDict):
         raise ValueError("sampling.likelihood='dps' differentiates the prior and needs model.dtype='float32'; "
                          "bfloat16 is supported with 'eq19', 'eq12' and 'tweedie'")
     return SamplingOptions(
-        n_chains=s.n_chains, n_steps=s.n_steps, confidence=s.confidence, likelihood=s.likelihood,
-        cg_tol=s.cg_tol, cg_maxiter=s.cg_maxiter, solver=s.solver, snr=s.snr, denoise=s.denoise,
-        chunk_size=s.chunk_size, seed=s.seed)
+        n_chains=s.n_chains, n_steps=s.n_steps, confidence=s.confidence, likelihood=likelihood(config),
+        solver=s.solver, snr=s.snr, denoise=s.denoise, chunk_size=s.chunk_size, seed=s.seed)
 
 
 def problem_from_config(config, *, observation=None, noise=None, psf=None, lens=None):
@@ -164,6 +177,26 @@ def problem_from_config(config, *, observation=None, noise=None, psf=None, lens=
     return simulated_problem(jax.random.key(config.seed), source, lens_p, geo, float(sigma))
 
 
+def _flag_error(e: Exception) -> SystemExit:
+    message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
+    print(f"error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def import_cli(name: str):
+    """Imports a CLI module, whose `DEFINE_config_file` already applies the `--config.*` overrides.
+
+    ml_collections reads the overrides from sys.argv when the flag is defined, so a misspelt key
+    (`--config.sampling.n_chainz=2`) fails at import: one clear line and exit status 2 here.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise _flag_error(e) from None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing where a bad `--config.*` override is one clear line and exit status 2.
 
@@ -175,6 +208,4 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise _flag_error(e) from None

@@ -139,11 +139,12 @@ def figure1(
     Columns: truth / observation; two posterior samples / their lensed images
     (annotated with χ²_ν); posterior mean; posterior std; residual SNR, which
     is (truth − mean)/std in the source plane and (y − mean of A x)/σ_n in the
-    image plane.
+    image plane. For real data (`truth_source=None`) the truth and its residual
+    panels are left empty: the figure shows only what is known.
 
     Args:
       path: output file.
-      truth_source: [H, W] or [H, W, C].
+      truth_source: [H, W] or [H, W, C], or None for observed data.
       observation: y, [h, w] or [h, w, C].
       samples: posterior samples [N, H, W] or [N, H, W, C], N ≥ 2.
       lens_images_of_samples: A x for each sample, [N, h, w] or [N, h, w, C].
@@ -157,11 +158,11 @@ def figure1(
       cmap: brightness colour map.
       figsize, dpi: figure size in inches and resolution.
     """
-    truth = _band(truth_source, channel, "truth_source", 2)
+    truth = None if truth_source is None else _band(truth_source, channel, "truth_source", 2)
     y = _band(observation, channel, "observation", 2)
     xs = _band(samples, channel, "samples", 3)
     axs = _band(lens_images_of_samples, channel, "lens_images_of_samples", 3)
-    if xs.shape[1:] != truth.shape:
+    if truth is not None and xs.shape[1:] != truth.shape:
         raise ValueError(f"samples {xs.shape} do not match truth_source {truth.shape}")
     if axs.shape[1:] != y.shape:
         raise ValueError(f"lens_images_of_samples {axs.shape} do not match observation {y.shape}")
@@ -176,10 +177,8 @@ def figure1(
 
     mean, std = posterior_moments(xs)
     amean, astd = posterior_moments(axs)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z_src = np.where(std > 0, (truth - mean) / std, np.nan)
     z_img = residual_snr(y, amean, sigma)
-    src_lim = _limits(truth, xs[a], xs[b], mean)
+    src_lim = _limits(*(v for v in (truth, xs[a], xs[b], mean) if v is not None))
     img_lim = _limits(y, axs[a], axs[b], amean)
 
     with matplotlib.rc_context(_STYLE):
@@ -187,11 +186,20 @@ def figure1(
         ax = fig.subplots(2, 6)
         top = [(truth, "Ground truth"), (xs[a], f"Sample {a}"), (xs[b], f"Sample {b}"), (mean, "Posterior mean")]
         for k, (img, title) in enumerate(top):
+            if img is None:
+                ax[0, k].axis("off")
+                continue
             _panel(fig, ax[0, k], img, fov=src_fov, title=title, cmap=cmap, vmin=src_lim[0], vmax=src_lim[1],
                    colorbar=k == 3, ylabel=k == 0)
         _panel(fig, ax[0, 4], std, fov=src_fov, title="Posterior std", cmap=_STD_CMAP)
-        s = _symmetric(z_src)
-        _panel(fig, ax[0, 5], z_src, fov=src_fov, title="(truth − mean) / std", cmap=_RESID_CMAP, vmin=-s, vmax=s)
+        if truth is None:
+            ax[0, 5].axis("off")
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z_src = np.where(std > 0, (truth - mean) / std, np.nan)
+            s = _symmetric(z_src)
+            _panel(fig, ax[0, 5], z_src, fov=src_fov, title="(truth − mean) / std", cmap=_RESID_CMAP, vmin=-s,
+                   vmax=s)
         bottom = [(y, "Observation"), (axs[a], f"Lensed sample {a}"), (axs[b], f"Lensed sample {b}"),
                   (amean, "Mean of lensed samples")]
         for k, (img, title) in enumerate(bottom):

@@ -7,7 +7,7 @@ of the right shape.
 Conventions:
 
 * A FITS image [NAXIS2, NAXIS1] is read as a numpy array [H, W] whose index
-  [i, j] is the pixel at (x_j, y_i), FITS origin at lower-left (DESIGN.md).
+  [i, j] is the pixel at (x_j, y_i), FITS origin at lower-left.
 * Samples are [N, H, W, C] in memory. On disk, ``samples.fits`` holds a cube
   [N, H, W] when C = 1 and a hypercube [N, C, H, W] otherwise (FITS puts the
   fastest axis first, so NAXIS1 = W, NAXIS2 = H). ``samples.npz`` holds the

@@ -1,34 +1,33 @@
-"""Posterior sampling: likelihood terms, reverse-SDE solvers, and sharded, resumable chains."""
+"""Posterior sampling: observations, likelihood terms, reverse-SDE solvers, a pure core and its runner.
+
+The core (`posterior_chains`, `prior_chains`) is a pure function of the key, the observation
+and the lens: jit, vmap and grad compose with it. The runner (`sample_posterior`,
+`sample_prior`) runs the same chains in resumable chunks over every device and host.
+"""
 
 from jaxlens.sample.chunks import ChunkStore
-from jaxlens.sample.gaussian import (
-    GaussianPrior,
-    dense_operator,
-    gaussian_em_moments,
-    gaussian_prior_sample,
-    gaussian_prior_score,
-    isotropic_gaussian_prior,
-    linear_gaussian_posterior,
-    smooth_gaussian_prior,
+from jaxlens.sample.core import (
+    advance_chains,
+    chain_keys,
+    denoise_chains,
+    init_chains,
+    posterior_chains,
+    prior_chains,
 )
 from jaxlens.sample.likelihood import (
-    LIKELIHOOD_MODES,
-    LikelihoodTerm,
+    DPS,
+    LIKELIHOODS,
+    Eq12,
+    Eq19,
+    Likelihood,
+    Tweedie,
     convolved_likelihood_score,
     exact_likelihood_score,
-    make_likelihood,
+    likelihood_from_name,
     posterior_score,
 )
-from jaxlens.sample.mixture import (
-    MixturePrior,
-    mixture_log_density,
-    mixture_moments,
-    mixture_posterior,
-    mixture_prior,
-    mixture_prior_sample,
-    mixture_prior_score,
-)
-from jaxlens.sample.posterior import data_mesh, sample_posterior, sample_prior
+from jaxlens.sample.observation import Observation, observe
+from jaxlens.sample.runner import data_mesh, sample_posterior, sample_prior
 from jaxlens.sample.solvers import (
     EulerMaruyama,
     PredictorCorrector,
@@ -45,39 +44,36 @@ from jaxlens.sample.solvers import (
 
 __all__ = [
     "ChunkStore",
+    "DPS",
+    "Eq12",
+    "Eq19",
     "EulerMaruyama",
-    "GaussianPrior",
-    "LIKELIHOOD_MODES",
-    "LikelihoodTerm",
-    "MixturePrior",
+    "LIKELIHOODS",
+    "Likelihood",
+    "Observation",
     "PredictorCorrector",
     "ProbabilityFlow",
     "Solver",
     "SolverState",
+    "Tweedie",
+    "advance_chains",
+    "chain_keys",
     "convolved_likelihood_score",
     "data_mesh",
-    "dense_operator",
+    "denoise_chains",
     "euler_maruyama",
     "exact_likelihood_score",
-    "gaussian_em_moments",
-    "gaussian_prior_sample",
-    "gaussian_prior_score",
+    "init_chains",
     "integrate",
-    "isotropic_gaussian_prior",
-    "linear_gaussian_posterior",
-    "make_likelihood",
-    "mixture_log_density",
-    "mixture_moments",
-    "mixture_posterior",
-    "mixture_prior",
-    "mixture_prior_sample",
-    "mixture_prior_score",
+    "likelihood_from_name",
+    "observe",
+    "posterior_chains",
     "posterior_score",
     "predictor_corrector",
+    "prior_chains",
     "probability_flow",
     "sample_posterior",
     "sample_prior",
-    "smooth_gaussian_prior",
     "solve",
     "tweedie_denoise",
 ]

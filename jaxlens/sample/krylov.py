@@ -98,8 +98,22 @@ def jacobi_eigh(a: jax.Array, *, max_sweeps: int = 10) -> tuple[jax.Array, jax.A
         a, _, n = state
         return (n < max_sweeps) & (off(a) > 4 * eps * jnp.linalg.norm(a))
 
-    a, v, _ = jax.lax.while_loop(unfinished, sweep, (a, jnp.eye(m, dtype=a.dtype), jnp.int32(0)))
+    a, v, _ = _bounded_while(unfinished, sweep, (a, jnp.eye(m, dtype=a.dtype), jnp.int32(0)), max_sweeps)
     return jnp.diag(a)[:k], v[:k, :k]
+
+
+def _bounded_while(cond, body, state, max_iter: int):
+    """`lax.while_loop(cond, body, state)` for loops known to stop within `max_iter` passes.
+
+    A scan of `max_iter` passes that skips `body` once `cond` is false: the same result, and,
+    unlike a while loop, differentiable in reverse mode (jax.grad through the Tweedie likelihood
+    with respect to the lens).
+    """
+
+    def step(s, _):
+        return jax.lax.cond(cond(s), body, lambda z: z, s), None
+
+    return jax.lax.scan(step, state, None, length=max_iter)[0]
 
 
 def _subspace_solve(projected, k, norm_b, floor):
@@ -209,7 +223,7 @@ def clipped_lanczos_solve(
     zero = jnp.zeros((), dtype)
     init = (jnp.int32(0), V0, G0, jnp.zeros((maxiter, maxiter), dtype), jnp.zeros(maxiter + 1, dtype), zero + 1,
             zero, jnp.asarray(False), jnp.asarray(jnp.inf, dtype))
-    k, V, G, P, *_ = jax.lax.while_loop(cond, body, init)
+    k, V, G, P, *_ = _bounded_while(cond, body, init, maxiter)
     raised, removed, clipped = _subspace_solve(P, k, norm_b, floor)
     u = (scale * (V[:maxiter].T @ raised)).reshape(b.shape)
     info = KrylovInfo(k, clipped)

@@ -1,17 +1,16 @@
-"""Prior and posterior sampling: chains vmapped on each device, sharded over a mesh, in chunks.
+"""The runner: the sampling core (`jaxlens.sample.core`) in chunks, on a mesh, with progress.
 
-Chain g of a run with key k starts from σ_max · N(0, I) drawn with
-fold_in(fold_in(k, g), 0) and integrates with the path key fold_in(fold_in(k, g), 1).
-Its randomness therefore depends on (k, g) only, not on how many devices, processes
-or chunks the run uses: one device and eight give the same samples, bit for bit
+It adds no mathematics. The chains are those of `posterior_chains` / `prior_chains`:
+chain g's randomness depends on (key, g) only, not on how many devices, processes
+or chunks the run uses. One device and eight give the same samples, bit for bit
 when the per-chain work is elementwise and otherwise up to the float32 rounding of
 reductions whose vectorisation depends on the number of chains per device
 (≈ 1e-7 relative; CG stopping decisions can amplify this to ≈ the CG tolerance).
 
 Chains are processed in chunks of `chunk_size`. A chunk is padded to a multiple
 of the device count, sharded along the mesh axis 'data' (which may span several
-processes under `jax.distributed`), and integrated by a `shard_map` of a vmap of
-the solver's scan. With `out_dir`, process 0 writes each finished chunk at once
+processes under `jax.distributed`), and integrated by a `shard_map` of the core's
+`advance_chains`, in ~100 segments when a progress bar is shown. With `out_dir`, process 0 writes each finished chunk at once
 (see `chunks.ChunkStore`), and a rerun with the same settings loads finished
 chunks instead of recomputing them. Only process 0 touches the disk, so the
 processes need no shared filesystem; every process returns all samples.
@@ -19,7 +18,6 @@ processes need no shared filesystem; every process returns all samples.
 
 from __future__ import annotations
 
-import functools
 import math
 import zipfile
 from typing import Callable
@@ -33,8 +31,10 @@ from tqdm.auto import tqdm
 
 from jaxlens.mesh import data_mesh
 from jaxlens.sample.chunks import ChunkStore, array_digest
-from jaxlens.sample.likelihood import make_likelihood
-from jaxlens.sample.solvers import EulerMaruyama, Solver, integrate, tweedie_denoise
+from jaxlens.sample.core import advance_chains, denoise_chains, init_chains
+from jaxlens.sample.likelihood import Eq19, Likelihood, likelihood_from_name, posterior_score
+from jaxlens.sample.observation import observe
+from jaxlens.sample.solvers import EulerMaruyama, Solver
 from jaxlens.sde import VESDE
 
 __all__ = ["sample_prior", "sample_posterior", "data_mesh"]
@@ -42,11 +42,6 @@ __all__ = ["sample_prior", "sample_posterior", "data_mesh"]
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 _PROGRESS_UPDATES = 100
-
-
-def _chain_keys(key: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
-    k = jax.random.fold_in(key, index)
-    return jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
 
 
 def _global(arr: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -105,44 +100,27 @@ def _check_counts(n_chains, n_steps, chunk_size) -> int:
     return min(int(chunk_size), int(n_chains))
 
 
-@functools.lru_cache(maxsize=4)
-def _programs(score_fn, sde, solver, mesh, shape, dtype, n_steps, seg, key_impl):
-    """The jitted, sharded init / segment / denoise programs of one configuration.
+def _programs(score_fn, likelihood, sde, solver, mesh, shape, dtype, n_steps, seg, key_impl):
+    """The jitted, sharded init / segment / denoise programs of one run.
 
-    Cached, so repeated calls (chunks, reruns, new observations with the same
-    operator) reuse the compiled code: the observation, the key and the step
-    offset are arguments, not constants. The cache keeps its last few score
-    functions alive.
+    The observation, the key and the step offset are arguments, not constants, so
+    every chunk and segment of the run reuses the compiled code.
     """
 
-    def chain_score(term):
-        if term is None:
-            return score_fn
-        return lambda x, t: term.posterior_score(score_fn, x, t, sde)
+    def chain_score(obs):
+        return posterior_score(score_fn, likelihood, obs, sde)
 
     def init(key_data, index):
         key = jax.random.wrap_key_data(key_data, impl=key_impl)
+        return init_chains(key, index, sde, shape, dtype)
 
-        def one(g):
-            k_init, _ = _chain_keys(key, g)
-            return sde.sigma_max * jax.random.normal(k_init, shape, dtype)
-
-        return jax.vmap(one)(index)
-
-    def segment(key_data, term, index, x, start):
+    def segment(key_data, obs, index, x, start):
         key = jax.random.wrap_key_data(key_data, impl=key_impl)
         steps = start + jnp.arange(seg, dtype=jnp.int32)
-        score = chain_score(term)
+        return advance_chains(key, index, x, chain_score(obs), sde, steps, n_steps, solver=solver)
 
-        def one(g, xi):
-            _, k_path = _chain_keys(key, g)
-            return integrate(k_path, score, sde, xi, steps, n_steps, solver=solver)
-
-        return jax.vmap(one)(index, x)
-
-    def finish(term, x):
-        score = chain_score(term)
-        return jax.vmap(lambda xi: tweedie_denoise(score, sde, xi))(x)
+    def finish(obs, x):
+        return denoise_chains(chain_score(obs), sde, x)
 
     def sharded(fn, in_specs, donate=()):
         mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P("data"), check_vma=False)
@@ -157,7 +135,7 @@ def _programs(score_fn, sde, solver, mesh, shape, dtype, n_steps, seg, key_impl)
 
 
 def _run(
-    key, score_fn, term, sde, shape, dtype, n_chains, n_steps, *, solver, denoise, chunk_size,
+    key, score_fn, likelihood, obs, sde, shape, dtype, n_chains, n_steps, *, solver, denoise, chunk_size,
     out_dir, mesh, progress, on_chunk, settings,
 ) -> np.ndarray:
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape != ():
@@ -180,16 +158,13 @@ def _run(
                     key=array_digest(key_data), key_impl=key_impl)
     store = _open_store(out_dir, settings)
 
-    config = (score_fn, sde, solver, mesh, tuple(shape), np.dtype(dtype), int(n_steps), seg, key_impl)
-    try:
-        init_fn, segment_fn, finish_fn = _programs(*config)
-    except TypeError:  # an unhashable score_fn or solver: compile without caching
-        init_fn, segment_fn, finish_fn = _programs.__wrapped__(*config)
+    init_fn, segment_fn, finish_fn = _programs(score_fn, likelihood, sde, solver, mesh, tuple(shape),
+                                               np.dtype(dtype), int(n_steps), seg, key_impl)
     chains = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
     key_arg = _global(key_data, replicated)
-    if term is not None:
-        term = jax.tree.map(lambda a: _global(np.asarray(a), replicated), term)
+    if obs is not None:
+        obs = jax.tree.map(lambda a: _global(np.asarray(a), replicated), obs)
 
     def chain_indices(c: int) -> np.ndarray:
         return np.arange(c * chunk_size, min((c + 1) * chunk_size, n_chains), dtype=np.int32)
@@ -212,12 +187,12 @@ def _run(
             index = _global(np.arange(c * chunk_size, c * chunk_size + padded, dtype=np.int32), chains)
             x = init_fn(key_arg, index)
             for s in range(n_seg):
-                x = segment_fn(key_arg, term, index, x, _global(np.asarray(s * seg, np.int32), replicated))
+                x = segment_fn(key_arg, obs, index, x, _global(np.asarray(s * seg, np.int32), replicated))
                 if progress:
                     x.block_until_ready()
                     bar.update(min(seg, n_steps - s * seg))
             if denoise:
-                x = finish_fn(term, x)
+                x = finish_fn(obs, x)
             samples = _to_host(x)[: len(want)]
             if store is not None and jax.process_index() == 0:
                 store.save(c, want, samples)
@@ -274,7 +249,7 @@ def sample_prior(
     if len(shape) != 3:
         raise ValueError(f"shape must be (H, W, C), got {shape}")
     settings = {"kind": "prior", "tag": str(tag)}
-    return _run(key, score_fn, None, sde, shape, jnp.dtype(dtype), n_chains, n_steps, solver=solver,
+    return _run(key, score_fn, None, None, sde, shape, jnp.dtype(dtype), n_chains, n_steps, solver=solver,
                 denoise=denoise, chunk_size=chunk_size, out_dir=out_dir, mesh=mesh,
                 progress=progress, on_chunk=on_chunk, settings=settings)
 
@@ -290,10 +265,8 @@ def sample_posterior(
     n_chains: int,
     n_steps: int,
     *,
-    likelihood: str = "eq19",
+    likelihood: Likelihood | str = Eq19(),
     mask: jax.typing.ArrayLike | None = None,
-    cg_tol: float = 1e-4,
-    cg_maxiter: int = 200,
     solver: Solver = EulerMaruyama(),
     denoise: bool = False,
     chunk_size: int | None = None,
@@ -305,8 +278,8 @@ def sample_posterior(
 ) -> np.ndarray:
     """Posterior samples of the source given a lensed observation y = A x + η.
 
-    The reverse SDE is integrated with the score s(x, t) + ∇ log p_t(y | x), the
-    likelihood term chosen by `likelihood` (see `make_likelihood`).
+    The same chains as `posterior_chains(key, score_fn, observe(y, sigma_n, A=A, AT=AT,
+    mask=mask), sde, likelihood=..., ...)`, run in resumable chunks over every device.
 
     Args:
       key: typed PRNG key; chain g uses fold_in(key, g) only.
@@ -317,32 +290,33 @@ def sample_posterior(
       sde: the VE SDE.
       n_chains: number of posterior samples.
       n_steps: N, steps from t = 1 to t = 0.
-      likelihood: 'eq19' (the paper), 'eq12', 'tweedie' or 'dps'.
+      likelihood: a term (Eq19(), Eq12(...), Tweedie(...), DPS()) or its name, which
+        takes that term's default options.
       mask: optional boolean array broadcastable to y; True marks ignored pixels.
-      cg_tol, cg_maxiter: CG settings for 'eq12' and 'tweedie'.
       solver, denoise, chunk_size, out_dir, mesh, progress, on_chunk, tag: as in `sample_prior`.
 
     Returns:
       samples [n_chains, H, W, C] as numpy, on every process.
 
     Raises:
-      ValueError: bad noise, non-finite used pixels of y, or y not matching A.
+      ValueError: bad noise, non-finite used pixels of y, y not matching A, or an
+        unknown likelihood.
     """
-    term = make_likelihood(likelihood, y, A, AT, sigma_n, mask=mask, cg_tol=cg_tol,
-                           cg_maxiter=cg_maxiter)
-    shape = term.source_shape
-    probe = np.random.default_rng(0).standard_normal(shape).astype(term.y.dtype)
+    if isinstance(likelihood, str):
+        likelihood = likelihood_from_name(likelihood)
+    obs = observe(y, sigma_n, A=A, AT=AT, mask=mask)
+    shape = obs.source_shape
+    probe = np.random.default_rng(0).standard_normal(shape).astype(obs.y.dtype)
     settings = {
         "kind": "posterior",
         "tag": str(tag),
-        "likelihood": likelihood,
-        "cg_tol": term.cg_tol,
-        "cg_maxiter": term.cg_maxiter,
-        "y": array_digest(term.y),
-        "noise_var": array_digest(term.noise_var),
-        "valid": array_digest(term.valid),
+        "likelihood": likelihood.name,
+        **likelihood.options(),
+        "y": array_digest(obs.y),
+        "noise_var": array_digest(obs.noise_var),
+        "valid": array_digest(obs.valid),
         "A_probe": array_digest(jax.jit(A)(probe), decimals=4),
     }
-    return _run(key, score_fn, term, sde, shape, term.y.dtype, n_chains,
+    return _run(key, score_fn, likelihood, obs, sde, shape, obs.y.dtype, n_chains,
                 n_steps, solver=solver, denoise=denoise, chunk_size=chunk_size, out_dir=out_dir,
                 mesh=mesh, progress=progress, on_chunk=on_chunk, settings=settings)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlens.sample.gaussian import GaussianPrior, linear_gaussian_posterior
+from jaxlens.reference.gaussian import GaussianPrior, linear_gaussian_posterior
 from jaxlens.sde import VESDE
 
 __all__ = [
