@@ -30,25 +30,22 @@ import datetime
 import os
 import platform
 import subprocess
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import jax
+import jax.numpy as jnp
+import lenstronomy
+from lenstronomy.Data.pixel_grid import PixelGrid
+from lenstronomy.Data.psf import PSF
+from lenstronomy.ImSim.image_model import ImageModel
+from lenstronomy.LensModel.lens_model import LensModel
+from lenstronomy.LightModel.light_model import LightModel
+from lenstronomy.Util import image_util, util
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import lenstronomy  # noqa: E402
-from lenstronomy.Data.pixel_grid import PixelGrid  # noqa: E402
-from lenstronomy.Data.psf import PSF  # noqa: E402
-from lenstronomy.ImSim.image_model import ImageModel  # noqa: E402
-from lenstronomy.LensModel.lens_model import LensModel  # noqa: E402
-from lenstronomy.LightModel.light_model import LightModel  # noqa: E402
-from lenstronomy.Util import image_util, util  # noqa: E402
-
-from jaxlens import lensing  # noqa: E402
-from jaxlens.lensing import Geometry, LensParams  # noqa: E402
+from jaxlens import lensing
+from jaxlens.lensing import Geometry, LensParams
 
 SRC_NPIX, SRC_FOV, FINE_NPIX, IMG_FOV, POOL = 256, 3.0, 256, 8.0, 2
 LENS = dict(theta_e=1.5, e1=0.15, e2=-0.08, center_x=0.05, center_y=-0.03, gamma1=0.03, gamma2=-0.02)

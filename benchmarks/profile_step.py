@@ -1,6 +1,6 @@
 """Where the time of one posterior EM step goes, from a `jax.profiler` trace (issue "GPU speed").
 
-  python benchmarks/profile_step.py [--config paper_probes_256] [--precision float32] [--batch 8]
+  python -m benchmarks.profile_step [--config paper_probes_256] [--precision float32] [--batch 8]
       [--steps 2] [--likelihood eq19] [--trace-dir DIR] [--json results.json] [--top 12]
 
 It builds the step `benchmarks/sampler_throughput.py` times (random NCSN++ parameters, the
@@ -29,15 +29,11 @@ import gzip
 import json
 import os
 import re
-import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]
+import jax
 
-import jax  # noqa: E402
-
-from sampler_throughput import Problem, _median_time  # noqa: E402
+from jaxlens.cli.throughput import ThroughputProblem, median_time
 
 # name = type opcode(...), where a tuple type is parenthesised (comments removed first).
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(?:\([^()]*\)|\S+)\s+([\w\-]+)\(")
@@ -135,7 +131,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="chains per device")
     ap.add_argument("--steps", type=int, default=2, help="EM steps recorded (one lax.scan)")
     ap.add_argument("--likelihood", default="eq19")
-    ap.add_argument("--cg-maxiter", type=int, default=5)
+    ap.add_argument("--lanczos-cap", type=int, default=5)
     ap.add_argument("--trace-dir", default="", help="keep the trace here (default: a temporary folder)")
     ap.add_argument("--json", default="")
     ap.add_argument("--top", type=int, default=12, help="how many single ops to list")
@@ -143,12 +139,12 @@ def main() -> None:
     if args.batch < 1 or args.steps < 1:
         raise SystemExit("need --batch >= 1 and --steps >= 1")
     get = __import__(f"configs.{args.config}", fromlist=["get_config"]).get_config
-    problem = Problem(get(), args.precision, args.likelihood, args.cg_maxiter)
+    problem = ThroughputProblem(get(), args.precision, args.likelihood, args.lanczos_cap)
     run, keys, x = problem.step_fn(args.batch, args.steps)
     # One compilation: the program whose HLO names the ops is the one that runs and is traced.
     compiled = run.lower(keys, x).compile()
     table = hlo_instructions(compiled.as_text())
-    wall = _median_time(lambda: compiled(keys, x), 1)  # after a warm-up call
+    wall = median_time(lambda: compiled(keys, x), 1)  # after a warm-up call
 
     trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="jaxlens_trace_")
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):

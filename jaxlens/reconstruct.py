@@ -21,7 +21,6 @@ import os
 import platform
 import time
 import warnings
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,30 +28,16 @@ import numpy as np
 
 from jaxlens import io
 from jaxlens.diagnostics import figures, metrics
-from jaxlens.lensing import Geometry, LensParams, check_lens, lens_operator, normal_operator_norm, render
+from jaxlens.lensing import check_lens, lens_operator, normal_operator_norm
 from jaxlens.prior import LoadedPrior
 from jaxlens.sample import Eq19, EulerMaruyama, Likelihood, PredictorCorrector, ProbabilityFlow, sample_posterior
 from jaxlens.sde import stable_steps, step_confidence, steps_for_confidence
+from jaxlens.simulation import Problem, simulated_problem
+
+__all__ = ["DivergedError", "Problem", "SamplingOptions", "check_compatible", "n_steps_for", "reconstruct",
+           "simulated_problem"]
 
 SOLVERS = ("em", "pc", "ode")
-
-
-class Problem(NamedTuple):
-    """A lensing observation with a known lens.
-
-    Attributes:
-      y: observation [h, w, C].
-      sigma_n: noise std, a number or a map [h, w] / [h, w, C] (inf: unused pixel).
-      lens: lens parameters.
-      geometry: source, ray-tracing and detector grids.
-      truth: the true source [H, W, C] when simulated, else None.
-    """
-
-    y: np.ndarray
-    sigma_n: Any
-    lens: LensParams
-    geometry: Geometry
-    truth: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,20 +63,6 @@ class SamplingOptions:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.n_chains < 1 or self.n_steps < 0 or self.chunk_size < 1:
             raise ValueError(f"need n_chains >= 1, n_steps >= 0 and chunk_size >= 1, got {self}")
-
-
-def simulated_problem(
-    key: jax.Array, source: np.ndarray, lens: LensParams, geometry: Geometry, sigma_n: float
-) -> Problem:
-    """Observes `source` [H, W] or [H, W, C] through the lens with Gaussian noise σ_n."""
-    if not (np.isfinite(sigma_n) and sigma_n > 0):
-        raise ValueError(f"sigma_n must be a finite number > 0, got {sigma_n}")
-    source = np.asarray(source, np.float32)
-    if source.ndim == 2:
-        source = source[..., None]
-    clean = render(jnp.asarray(source), lens, geometry)
-    y = clean + sigma_n * jax.random.normal(key, clean.shape, clean.dtype)
-    return Problem(np.asarray(y), float(sigma_n), lens, geometry, source)
 
 
 def n_steps_for(options: SamplingOptions, prior: LoadedPrior, shape: tuple[int, ...],

@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_sampler_throughput_script(tmp_path):
     out = tmp_path / "r.json"
-    r = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "sampler_throughput.py"), "--config=tiny",
+    r = subprocess.run([sys.executable, "-m", "benchmarks.sampler_throughput", "--config=tiny",
                         "--batches=2", "--steps=2", "--repeats=1", "--train-batch=8", f"--json={out}"],
                        capture_output=True, text=True, timeout=600, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -37,7 +37,7 @@ def test_sampler_throughput_script(tmp_path):
 def test_paper_network_flops_match_the_reference():
     """--flops-only at 256²: XLA counts ~530 GFLOP per evaluation for the reference NCSN++ (issue "GPU speed");
     ours must do the same work, no hidden extra (FIR resampling or attention done densely would show here)."""
-    r = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "sampler_throughput.py"),
+    r = subprocess.run([sys.executable, "-m", "benchmarks.sampler_throughput",
                         "--flops-only", "--precisions=float32"], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"precision"')]
@@ -49,7 +49,7 @@ def test_profile_step_attributes_the_traced_ops_to_the_network_parts(tmp_path):
     """The profiler's trace is matched to the compiled program: almost no device time may go unattributed,
     and the parts every NCSN++ step has (convolutions, GroupNorm, swish, the likelihood) must all show up."""
     out = tmp_path / "p.json"
-    r = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "profile_step.py"), "--config=tiny",
+    r = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--config=tiny",
                         "--batch=2", "--steps=1", f"--trace-dir={tmp_path / 'trace'}", f"--json={out}"],
                        capture_output=True, text=True, timeout=600, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -82,7 +82,7 @@ def test_coverage_pair_reads_two_runs_and_reports_their_difference(tmp_path):
             samples[7, 1] *= 1e3  # a diverged chain: lens 7 is left out of both runs
         np.savez(d / "tweedie.npz", samples=samples.astype(np.float32))
         np.savez(d / "truths_prior.npz", sources=truths.astype(np.float32))
-    r = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "coverage_pair.py"), str(tmp_path / "a"),
+    r = subprocess.run([sys.executable, "-m", "experiments.coverage_pair", str(tmp_path / "a"),
                         str(tmp_path / "b"), "--bootstrap", "500"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "299 lenses finished in both" in r.stdout and "left out: 7)" in r.stdout and "paired" in r.stdout and "NOT" not in r.stdout
@@ -98,7 +98,7 @@ def test_coverage_pair_reads_two_runs_and_reports_their_difference(tmp_path):
 
 def test_mixture_calibration_script_reports_each_mode(tmp_path):
     out = tmp_path / "m.json"
-    r = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "mixture_calibration.py"), "--sims=4",
+    r = subprocess.run([sys.executable, "-m", "experiments.mixture_calibration", "--sims=4",
                         "--chains=8", "--n-steps=60", "--priors=scales", "--sigma-n=0.3",
                         "--modes=draws,exact,tweedie", f"--json={out}"],
                        capture_output=True, text=True, timeout=600, cwd=REPO)
@@ -113,11 +113,10 @@ def test_mixture_calibration_script_reports_each_mode(tmp_path):
 
 
 def test_jacobian_error_model_keeps_the_score_and_perturbs_its_jacobian_as_documented():
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     import jax.numpy as jnp
     import numpy as np
 
-    import mixture_calibration as mc
+    from experiments import mixture_calibration as mc
     from jaxlens.reference import mixture_prior_score
 
     prior = mc.make_prior("gaussian")

@@ -24,6 +24,7 @@ from jaxlens.sample import (
     posterior_chains,
     posterior_score,
     prior_chains,
+    sample_observations,
     sample_posterior,
 )
 from jaxlens.sde import VESDE
@@ -160,3 +161,16 @@ def test_bad_counts_and_keys_are_clear_errors():
         observe(obs.y, 0.1)
     with pytest.raises(ValueError, match="geometry observes"):
         observe(jnp.zeros((9, 9)), 0.1, lens=LENS, geometry=GEOM)
+
+
+def test_sample_observations_batches_the_core_with_one_key_per_observation():
+    lenses = _lenses()
+    obs = [observe(simulate(jax.random.key(i), SOURCE, lens, GEOM, 0.1), 0.1, lens=lens, geometry=GEOM)
+           for i, lens in enumerate(lenses)]
+    key = jax.random.key(9)
+    got = sample_observations(key, SCORE, obs, SDE, likelihood=Tweedie(), n_chains=2, n_steps=50, batch=2, first=4)
+    assert got.shape == (3, 2) + SHAPE
+    for k in range(3):
+        alone = posterior_chains(jax.random.fold_in(key, 4 + k), SCORE, obs[k], SDE, likelihood=Tweedie(),
+                                 n_chains=2, n_steps=50)
+        np.testing.assert_allclose(got[k], alone, rtol=1e-4, atol=1e-4)

@@ -23,12 +23,13 @@ both are re-exported here, so callers use ``from jaxlens import io``.
 """
 
 from jaxlens.io.read import LENS_FIELDS, read_image, read_lens, read_noise, read_psf, read_samples
-from jaxlens.io.write import (OutputExistsError, fits_header, prepare_out_dir, write_lens, write_map,
+from jaxlens.io.write import (OutputExistsError, environment, fits_header, write_results, prepare_out_dir, write_lens, write_map,
                               write_samples)
 
 __all__ = [
     "LENS_FIELDS",
     "OutputExistsError",
+    "environment",
     "fits_header",
     "prepare_out_dir",
     "read_image",
@@ -38,5 +39,6 @@ __all__ = [
     "read_samples",
     "write_lens",
     "write_map",
+    "write_results",
     "write_samples",
 ]

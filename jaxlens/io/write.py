@@ -306,3 +306,39 @@ def prepare_out_dir(out: str | os.PathLike, *, resume: bool, overwrite: bool) ->
                     shutil.rmtree(chunks)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def environment() -> dict:
+    """Where results were made: date, CPU model and cores, JAX version and devices (for result JSON)."""
+    import platform
+    import subprocess
+
+    import jax
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        cpu = platform.processor() or "unknown CPU"
+    dev = jax.devices()[0]
+    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
+            "jax": jax.__version__, "platform": dev.platform, "device": dev.device_kind,
+            "device_count": jax.device_count()}
+
+
+def write_results(path: str, record: dict) -> str:
+    """Writes a study's or benchmark's record as JSON, with `environment()` under "environment"."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"environment": environment(), **record}, f, indent=1, default=_json_default)
+    return path
+
+
+def _json_default(v):
+    import numpy as np
+
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(v).__name__}")

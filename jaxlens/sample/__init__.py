@@ -27,7 +27,7 @@ from jaxlens.sample.likelihood import (
     posterior_score,
 )
 from jaxlens.sample.observation import Observation, observe
-from jaxlens.sample.runner import data_mesh, sample_posterior, sample_prior
+from jaxlens.sample.runner import data_mesh, sample_observations, sample_posterior, sample_prior
 from jaxlens.sample.solvers import (
     EulerMaruyama,
     PredictorCorrector,
@@ -72,6 +72,7 @@ __all__ = [
     "predictor_corrector",
     "prior_chains",
     "probability_flow",
+    "sample_observations",
     "sample_posterior",
     "sample_prior",
     "solve",

@@ -33,11 +33,11 @@ from jaxlens.mesh import data_mesh
 from jaxlens.sample.chunks import ChunkStore, array_digest
 from jaxlens.sample.core import advance_chains, denoise_chains, init_chains
 from jaxlens.sample.likelihood import Eq19, Likelihood, likelihood_from_name, posterior_score
-from jaxlens.sample.observation import observe
+from jaxlens.sample.observation import Observation, observe
 from jaxlens.sample.solvers import EulerMaruyama, Solver
 from jaxlens.sde import VESDE
 
-__all__ = ["sample_prior", "sample_posterior", "data_mesh"]
+__all__ = ["sample_prior", "sample_posterior", "sample_observations", "data_mesh"]
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -320,3 +320,75 @@ def sample_posterior(
     return _run(key, score_fn, likelihood, obs, sde, shape, obs.y.dtype, n_chains,
                 n_steps, solver=solver, denoise=denoise, chunk_size=chunk_size, out_dir=out_dir,
                 mesh=mesh, progress=progress, on_chunk=on_chunk, settings=settings)
+
+
+def sample_observations(
+    key: jax.Array,
+    score_fn: ScoreFn,
+    observations: list[Observation],
+    sde: VESDE,
+    *,
+    likelihood: Likelihood | None = Eq19(),
+    n_chains: int,
+    n_steps: int,
+    batch: int = 1,
+    solver: Solver = EulerMaruyama(),
+    first: int = 0,
+    progress: bool = True,
+) -> np.ndarray:
+    """Posterior samples for many observations of one geometry, `batch` of them vmapped at a time.
+
+    Observation k gives `posterior_chains(fold_in(key, first + k), score_fn, observations[k], ...)`
+    whatever the batching, so a long study can be run in pieces. The lens of each observation is
+    traced (one compilation for every lens); the last batch is padded by repeating an observation.
+
+    Args:
+      key: typed PRNG key.
+      score_fn: prior score of ONE state.
+      observations: from `observe(y, sigma_n, lens=..., geometry=...)`, all of the same shapes.
+      sde, likelihood, n_chains, n_steps, solver: as in `posterior_chains`; likelihood=None
+        samples the prior (the observations then only set the keys and the batching).
+      batch: observations per vmapped call.
+      first: the index of observations[0] in the study (its key is fold_in(key, first)).
+      progress: a tqdm bar over chain-steps (the scan then runs in ~100 segments).
+
+    Returns:
+      samples [len(observations), n_chains, H, W, C] as numpy.
+    """
+    _check_counts(n_chains, n_steps, None)
+    if not observations:
+        raise ValueError("no observations to sample")
+    if any(o.lens is None for o in observations):
+        raise ValueError("sample_observations needs observations made with lens= and geometry=")
+    shape, dtype = observations[0].source_shape, observations[0].y.dtype
+    seg = math.ceil(n_steps / _PROGRESS_UPDATES) if progress else n_steps
+    index = jnp.arange(n_chains, dtype=jnp.int32)
+
+    @jax.jit
+    def init(keys):
+        return jax.vmap(lambda k: init_chains(k, index, sde, shape, dtype))(keys)
+
+    @jax.jit
+    def segment(keys, obs, x, start):
+        steps = start + jnp.arange(seg, dtype=jnp.int32)
+
+        def one(k, o, xo):
+            score = posterior_score(score_fn, likelihood, o, sde)
+            return advance_chains(k, index, xo, score, sde, steps, n_steps, solver=solver)
+
+        return jax.vmap(one)(keys, obs, x)
+
+    n = len(observations)
+    order = list(range(n)) + [n - 1] * (-n % batch)
+    out = []
+    with tqdm(total=n * n_chains * n_steps, unit="chain-step", desc="sampling", disable=not progress) as bar:
+        for b in range(0, len(order), batch):
+            sel = order[b : b + batch]
+            keys = jnp.stack([jax.random.fold_in(key, first + i) for i in sel])
+            obs = jax.tree.map(lambda *v: jnp.stack(v), *(observations[i] for i in sel))
+            x = init(keys)
+            for start in range(0, n_steps, seg):
+                x = segment(keys, obs, x, jnp.int32(start)).block_until_ready()
+                bar.update(len(set(sel)) * n_chains * min(seg, n_steps - start))
+            out.append(np.asarray(x))
+    return np.concatenate(out)[:n]

@@ -1,9 +1,9 @@
 """Paired comparison of two coverage.py runs, lens by lens: which setting moved the spread, the skill, or both?
 
-  python benchmarks/coverage_pair.py A_WORKDIR B_WORKDIR [--mode tweedie] [--seed 0] [--bootstrap 2000]
+  python -m experiments.coverage_pair A_WORKDIR B_WORKDIR [--mode tweedie] [--seed 0] [--bootstrap 2000]
       [--blowup 10]
 
-Both work directories hold `MODE.npz` from `benchmarks/coverage.py` (and `truths_prior.npz` when that
+Both work directories hold `MODE.npz` from `experiments.coverage` (and `truths_prior.npz` when that
 run used `--truths prior`). On the lenses both runs finished, it prints for A and B the spread/skill
 ratio, the mean spread E‖x_i − x_j‖² and skill E‖x_i − x*‖², and B − A of each with a bootstrap std
 over lenses (the same resampled lenses for both runs, so that what the two share cancels). Runs
@@ -17,28 +17,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from configs import procedural_64  # noqa: E402
-from coverage import simulate, truths_path  # noqa: E402
-from jaxlens.cli import common  # noqa: E402
-from jaxlens.diagnostics import spread_and_skill  # noqa: E402
+from configs import procedural_64
+from jaxlens.cli import common
+from jaxlens.diagnostics import spread_and_skill
+from jaxlens.simulation import held_out_problems
 
 
 def load_run(workdir: str, mode: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(samples [n, S, H, W, C], truths [n, H, W, C]) of one coverage.py run."""
     samples = np.load(os.path.join(workdir, f"{mode}.npz"))["samples"]
-    path = truths_path(workdir)
+    path = os.path.join(workdir, "truths_prior.npz")  # written by a `--truths prior` run
     if os.path.exists(path):
         truths = np.load(path)["sources"][: len(samples)]
     else:
         config = procedural_64.get_config()
-        problems = simulate(len(samples), seed, common.geometry(config), float(config.lens.sigma_n))
+        problems = held_out_problems(len(samples), seed, common.geometry(config), float(config.lens.sigma_n))
         truths = np.stack([p.truth for p in problems])
     return samples, truths
 

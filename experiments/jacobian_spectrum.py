@@ -1,10 +1,10 @@
 """Is the `tweedie` covariance positive definite with the learned prior? (issue "calibration")
 
-  python benchmarks/jacobian_spectrum.py [--lenses 1] [--times 0.9,0.7,0.5,0.2]
+  python -m experiments.jacobian_spectrum [--lenses 1] [--times 0.9,0.7,0.5,0.2]
 
 At 64² the whole Jacobian J = ∂s/∂x of the shipped prior's score is affordable (4096 JVPs, about
 100 s per state on 2 CPU cores), and so is the lens operator as a matrix. For held-out lenses of
-benchmarks/coverage.py and states x_t = truth + σ(t) z it prints
+experiments/coverage.py and states x_t = truth + σ(t) z it prints
 
 - the asymmetry ‖J − Jᵀ‖ / ‖J‖ (a true score's Jacobian is a Hessian, hence symmetric);
 - the spectrum of the Tweedie covariance C = σ² (I + σ² J), symmetrised: how many of its
@@ -19,22 +19,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+from configs import procedural_64
+from jaxlens.cli import common
+from jaxlens.lensing import lens_operator
+from jaxlens.prior import load_prior
+from jaxlens.reference import dense_operator
+from jaxlens.simulation import held_out_problems
 
-from configs import procedural_64  # noqa: E402
-from coverage import simulate  # noqa: E402
-from jaxlens.cli import common  # noqa: E402
-from jaxlens.lensing import lens_operator  # noqa: E402
-from jaxlens.prior import load_prior  # noqa: E402
-from jaxlens.sample.gaussian import dense_operator  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def spectrum(J: np.ndarray, A: np.ndarray, var_t: float, noise_var: float) -> dict:
@@ -50,7 +48,7 @@ def spectrum(J: np.ndarray, A: np.ndarray, var_t: float, noise_var: float) -> di
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default=os.path.join(os.path.dirname(HERE), "checkpoints", "procedural_64"))
+    ap.add_argument("--checkpoint", default=os.path.join(REPO, "checkpoints", "procedural_64"))
     ap.add_argument("--lenses", type=int, default=1)
     ap.add_argument("--times", default="0.9,0.7,0.5,0.2")
     args = ap.parse_args()
@@ -65,7 +63,7 @@ def main() -> None:
     print("| lens | t | σ(t) | ‖J − Jᵀ‖/‖J‖ | C: negative eigenvalues | C: min / max | K: negative eigenvalues "
           "| K: min / max | seconds |")
     print("|---" * 9 + "|")
-    for k, p in enumerate(simulate(args.lenses, 0, geo, sigma_n)):
+    for k, p in enumerate(held_out_problems(args.lenses, 0, geo, sigma_n)):
         shape = p.truth.shape
         A, _ = lens_operator(p.lens, geo)
         A_mat = dense_operator(A, shape, chunk=256)

@@ -1,9 +1,9 @@
 """The paper's claims measured with the shipped 64² prior (issue "embedded default").
 
-  python benchmarks/quality.py [--checkpoint checkpoints/procedural_64] [--lenses 20] [--n-chains 16]
+  python -m experiments.quality [--checkpoint checkpoints/procedural_64] [--lenses 20] [--n-chains 16]
       [--n-steps 0] [--prior-samples 500] [--prior-steps 0] [--prior-batch 16] [--lens-batch 1]
       [--noise-levels 0.01,0.03,0.1,0.3,1] [--sigma-n 0] [--likelihood eq19] [--seed 0]
-      [--results benchmarks/RESULTS.md] [--figdir docs/quality] [--estimate-only]
+      [--json out/quality/quality.json] [--markdown FILE] [--figdir out/quality] [--estimate-only]
 
 1. Residuals at the noise level: χ²_ν of the posterior samples of held-out simulated lenses
    (goal: median in [0.9, 1.2]) and the source-plane error of the posterior mean.
@@ -18,7 +18,8 @@ Lenses run several at a time in one compiled call: lens parameters, y and σ_n a
 arguments of a vmap over lenses of a vmap over chains, so every lens (and every noise level
 of part 4) reuses one compilation. Costs are counted in network evaluations (one 64² image
 through the score network); the script measures their rate and prints an estimate first.
-Numbers are printed as markdown and appended to --results; figures go to --figdir.
+Numbers go to --json and are printed as markdown (appended to --markdown only if given); figures
+go to --figdir.
 """
 
 from __future__ import annotations
@@ -28,106 +29,34 @@ import dataclasses
 import datetime
 import math
 import os
-import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path[:0] = [REPO, HERE]
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from configs import procedural_64  # noqa: E402
-from jaxlens.cli import common  # noqa: E402
-from jaxlens.data import (HELD_OUT_SEED_START, VALIDATION_SEED_START, procedural_galaxies,  # noqa: E402
+from configs import procedural_64
+from jaxlens import io
+from jaxlens.cli import common
+from jaxlens.data import (HELD_OUT_SEED_START, VALIDATION_SEED_START, procedural_galaxies,
                           procedural_galaxy)
-from jaxlens.diagnostics import figures, metrics, morphology, morphology_ks  # noqa: E402
-from jaxlens.lensing import LensParams, lens_operator, render  # noqa: E402
-from jaxlens.prior import load_prior  # noqa: E402
-from jaxlens.reconstruct import n_steps_for, simulated_problem  # noqa: E402
-from jaxlens.sample import integrate, make_likelihood, posterior_score, sample_prior  # noqa: E402
-from jaxlens.sde import step_confidence  # noqa: E402
-from ood_source import seven_source  # noqa: E402
+from jaxlens.data.ood import seven_source
+from jaxlens.diagnostics import figures, metrics, morphology, morphology_ks
+from jaxlens.lensing import lens_operator
+from jaxlens.prior import load_prior
+from jaxlens.reconstruct import n_steps_for
+from jaxlens.sample import likelihood_from_name, observe, sample_observations, sample_prior
+from jaxlens.sde import step_confidence
+from jaxlens.simulation import random_lenses, simulated_problem
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADING = "## Quality at 64² (shipped prior)"
 KS_STATS = (("flux", "total flux"), ("r50", "half-light radius (px)"),
             ("concentration", "concentration C"), ("e", "ellipticity |e|"))
-
-
-def random_lenses(n: int, seed: int) -> list[LensParams]:
-    """SIE + shear lenses around the default: θ_E in [1, 1.5]″, |e| ≤ 0.2, |γ| ≤ 0.05, centre within 0.1″."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        e, phi, g, psi = rng.uniform(0, 0.2), rng.uniform(0, np.pi), rng.uniform(0, 0.05), rng.uniform(0, np.pi)
-        cx, cy = rng.uniform(-0.1, 0.1, size=2)
-        out.append(LensParams(float(rng.uniform(1.0, 1.5)), float(e * np.cos(2 * phi)), float(e * np.sin(2 * phi)),
-                              float(cx), float(cy), float(g * np.cos(2 * psi)), float(g * np.sin(2 * psi))))
-    return out
-
-
-def chain_keys(key: jax.Array, g) -> tuple[jax.Array, jax.Array]:
-    """(start, path) keys of chain g of an observation: its σ_max draw and its Euler–Maruyama noise."""
-    chain = jax.random.fold_in(key, g)
-    return jax.random.fold_in(chain, 0), jax.random.fold_in(chain, 1)
-
-
-def make_sampler(prior, geometry, shape, *, n_chains: int, n_steps: int, lens_batch: int, likelihood: str,
-                 segments: int = 100, cg_maxiter: int = 200):
-    """run(key, ys, lenses, sigmas, bar, first=0) -> samples [K, n_chains, H, W, C] for K observations.
-
-    Observation k gives the samples of `sample_posterior(fold_in(key, first + k), ...)` (the same
-    keys per chain) whatever the batching, so a long run can be done in pieces; the last batch is
-    padded by repeating an observation so that every call has the compiled shape.
-    """
-    sde, score = prior.sde, prior.score_fn()
-    seg = math.ceil(n_steps / segments)
-
-    def one_lens(key, x, y, lens, sigma_n, start):
-        A, AT = lens_operator(lens, geometry)  # traced lens: Aᵀ by linear_transpose, no recompiling
-        post = posterior_score(score, make_likelihood(likelihood, y, A, AT, sigma_n, cg_maxiter=cg_maxiter), sde)
-        steps = start + jnp.arange(seg, dtype=jnp.int32)
-
-        def chain(g, xi):
-            return integrate(chain_keys(key, g)[1], post, sde, xi, steps, n_steps)
-
-        return jax.vmap(chain)(jnp.arange(n_chains), x)
-
-    segment = jax.jit(jax.vmap(one_lens, in_axes=(0, 0, 0, 0, 0, None)))
-
-    @jax.jit
-    def init(key):
-        def chain(g):
-            return sde.sigma_max * jax.random.normal(chain_keys(key, g)[0], shape)
-
-        return jax.vmap(chain)(jnp.arange(n_chains))
-
-    def run(key, ys, lenses, sigmas, bar, first: int = 0):
-        k = len(ys)
-        idx = list(range(k)) + [k - 1] * (-k % lens_batch)
-        out = []
-        for b in range(0, len(idx), lens_batch):
-            sel = idx[b : b + lens_batch]
-            keys = jnp.stack([jax.random.fold_in(key, first + i) for i in sel])
-            x = jax.vmap(init)(keys)
-            y = jnp.stack([jnp.asarray(ys[i], jnp.float32) for i in sel])
-            lens = LensParams(*(jnp.asarray([getattr(lenses[i], f) for i in sel], jnp.float32)
-                                for f in LensParams._fields))
-            sig = jnp.asarray([sigmas[i] for i in sel], jnp.float32)
-            for start in range(0, n_steps, seg):
-                x = segment(keys, x, y, lens, sig, jnp.int32(start)).block_until_ready()
-                bar.update(len(sel) * n_chains * min(seg, n_steps - start))
-            out.append(np.asarray(x))
-        return np.concatenate(out)[:k]
-
-    return run
 
 
 def seconds_per_state(fn, x, t, reps: int = 3) -> float:
@@ -193,16 +122,6 @@ def _q(v, q):
     return float(np.percentile(v, q)) if v.size else float("nan")
 
 
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = "unknown CPU"
-    dev = jax.devices()[0]
-    return f"{model}, {os.cpu_count()} cores; JAX {jax.__version__} on {dev.platform} ({dev.device_kind})"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=os.path.join(REPO, "checkpoints", "procedural_64"))
@@ -221,8 +140,9 @@ def main() -> None:
     ap.add_argument("--likelihood", default="eq19", choices=("eq19", "eq12"))
     ap.add_argument("--source-offset", type=int, default=0, help="sources are HELD_OUT_SEED_START + offset + k")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--results", default=os.path.join(REPO, "benchmarks", "RESULTS.md"))
-    ap.add_argument("--figdir", default=os.path.join(REPO, "docs", "quality"))
+    ap.add_argument("--json", default=os.path.join("out", "quality", "quality.json"))
+    ap.add_argument("--markdown", default="", help="also append the table to this file")
+    ap.add_argument("--figdir", default=os.path.join("out", "quality"))
     ap.add_argument("--rate", type=float, default=0.0, help="network evaluations/s for the estimate (0: measure)")
     ap.add_argument("--estimate-only", action="store_true", help="print the time estimate and exit")
     args = ap.parse_args()
@@ -259,16 +179,18 @@ def main() -> None:
     os.makedirs(args.figdir, exist_ok=True)
     t_start = time.perf_counter()
     key = jax.random.key(args.seed)
-    run = make_sampler(prior, geo, shape, n_chains=args.n_chains, n_steps=n_steps, lens_batch=lb,
-                       likelihood=args.likelihood)
+    def run(run_key, ys, lenses, sigmas):
+        obs = [observe(y, s, lens=lens, geometry=geo) for y, lens, s in zip(ys, lenses, sigmas)]
+        return sample_observations(run_key, prior.score_fn(), obs, prior.sde,
+                                   likelihood=likelihood_from_name(args.likelihood), n_chains=args.n_chains,
+                                   n_steps=n_steps, batch=lb)
 
     # 1-2. Held-out lenses.
     lenses = random_lenses(args.lenses, args.seed)
     problems = [simulated_problem(jax.random.fold_in(key, 100 + k),
                                   procedural_galaxy(HELD_OUT_SEED_START + args.source_offset + k, geo.src_npix),
                                   lens, geo, sigma_n) for k, lens in enumerate(lenses)]
-    with tqdm(total=evals["lenses"], unit="eval", desc="held-out lenses") as bar:
-        samples = run(jax.random.fold_in(key, 1), [p.y for p in problems], lenses, [sigma_n] * len(lenses), bar)
+    samples = run(jax.random.fold_in(key, 1), [p.y for p in problems], lenses, [sigma_n] * len(lenses))
     chi2_med, errors, ratios, bright_ratios, shown = [], [], [], [], ([], [], [], [])
     for k, (p, xs) in enumerate(zip(problems, samples)):
         A, _ = lens_operator(p.lens, geo)
@@ -320,8 +242,7 @@ def main() -> None:
     seven = seven_source(geo.src_npix)[..., None]
     sweep = [simulated_problem(jax.random.fold_in(key, 200 + k), seven, base_lens, geo, s)
              for k, s in enumerate(levels)]
-    with tqdm(total=evals["noise sweep"], unit="eval", desc="noise sweep") as bar:
-        sweep_x = run(jax.random.fold_in(key, 3), [p.y for p in sweep], [base_lens] * len(levels), levels, bar)
+    sweep_x = run(jax.random.fold_in(key, 3), [p.y for p in sweep], [base_lens] * len(levels), levels)
     A7, _ = lens_operator(base_lens, geo)
     sweep_rows = []
     for s, p, xs in zip(levels, sweep, sweep_x):
@@ -340,11 +261,11 @@ def main() -> None:
     errs_sweep = [r[1] for r in sweep_rows]
     grows = all(b >= a for a, b in zip(errs_sweep, errs_sweep[1:]))
     below = sum(r < 1 for r in ratios if np.isfinite(r))
-    figrel = os.path.relpath(args.figdir, os.path.dirname(os.path.abspath(args.results)))
-    cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    cmd = "python -m experiments.quality " + " ".join(sys.argv[1:])
+    env = io.environment()
     lines = [
         HEADING, "",
-        f"{datetime.date.today().isoformat()} — {machine()}. Prior `{os.path.relpath(args.checkpoint, REPO)}` "
+        f"{datetime.date.today().isoformat()} — {env['cpu']}, {env['cores']} cores, JAX {env['jax']}. Prior `{os.path.relpath(args.checkpoint, REPO)}` "
         f"(training step {prior.meta.get('step', '?')}, σ_max = {prior.sde.sigma_max:.4g}); "
         f"N = {n_steps} Euler–Maruyama steps (p(N) = {p_n:.3f}), {args.n_chains} chains per observation, "
         f"likelihood {args.likelihood}. Wall time {wall / 60:.1f} min (measured {rate:.1f} network evaluations/s).",
@@ -367,16 +288,22 @@ def main() -> None:
         f"per level. Error of the mean grows monotonically with σ_n: {'yes' if grows else 'no'}.", "",
         "| σ_n | ‖mean − truth‖ / ‖truth‖ | per sample (median) | χ²_ν (median) |", "|---|---|---|---|",
         *(f"| {s:g} | {e:.3g} | {e1:.3g} | {c:.3g} |" for s, e, e1, c in sweep_rows),
-        "", "Figures: " + ", ".join(f"[{n}]({figrel}/{n}.png)" for n in
+        "", "Figures: " + ", ".join(os.path.join(args.figdir, f"{n}.png") for n in
                                     ("lens0", "std_vs_magnification", "prior_vs_data", "morphology",
                                      "figure2_noise_sweep")), "",
     ]
     text = "\n".join(lines)
     print("\n" + text)
-    new = not os.path.exists(args.results)
-    with open(args.results, "a") as f:
-        f.write(("# Benchmark results\n\n" if new else "\n") + text)
-    print(f"appended to {args.results}; figures in {args.figdir}")
+    record = {"command": sys.argv, "prior_step": prior.meta.get("step"), "n_steps": n_steps, "sigma_n": sigma_n,
+              "chi2_median_per_lens": chi2_med, "mean_error_per_lens": errors, "std_ratio_per_lens": ratios,
+              "bright_std_ratio_per_lens": bright_ratios, "morphology_ks": ks,
+              "noise_sweep": [dict(zip(("sigma_n", "mean_error", "sample_error", "chi2"), r)) for r in sweep_rows],
+              "wall_s": wall}
+    print("wrote", io.write_results(args.json, record), "; figures in", args.figdir)
+    if args.markdown:
+        with open(args.markdown, "a") as f:
+            f.write("\n" + text)
+        print(f"appended to {args.markdown}")
 
 
 def _row(name, values, goal) -> str:

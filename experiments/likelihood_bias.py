@@ -12,15 +12,17 @@ For each mode we report, against the closed-form posterior:
 
 Two sources of numbers:
   * "law": the exact distribution of the Euler–Maruyama chain
-    (`jaxlens.sample.gaussian_em_moments`), i.e. the sampler's output with
+    (`jaxlens.reference.gaussian_em_moments`), i.e. the sampler's output with
     infinitely many chains and exact CG solves — no Monte-Carlo error;
   * "MC": `sample_posterior` with `--chains` chains, to show the sampler
     reproduces the law (the MC error of the mean error is ≈ 1/√chains).
 
 Also timed: wall time per reverse step for 64 chains (compiled, CG capped at
-`--cg-maxiter`). Run from the repository root:
+`--solve-cap`). Results go to --json; the markdown table is printed, and appended to
+--markdown only if given:
 
-    python benchmarks/likelihood_bias.py [--steps 500] [--chains 256] [--cg-maxiter 100] [--no-append]
+    python -m experiments.likelihood_bias [--steps 500] [--chains 256] [--solve-cap 100]
+        [--json out/likelihood_bias.json] [--markdown FILE]
 """
 
 from __future__ import annotations
@@ -28,30 +30,26 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import subprocess
 import sys
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # numpy float64 recursions; avoids thread thrash
-import numpy as np  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
+from jaxlens import io  # noqa: E402
 from jaxlens.lensing import Geometry, LensParams, lens_operator  # noqa: E402
-from jaxlens.sample import (  # noqa: E402
+from jaxlens.reference import (  # noqa: E402
     dense_operator,
     gaussian_em_moments,
     gaussian_prior_sample,
     gaussian_prior_score,
-    linear_gaussian_posterior,
-    sample_posterior,
     isotropic_gaussian_prior,
+    linear_gaussian_posterior,
     smooth_gaussian_prior,
 )
+from jaxlens.sample import Eq12, Tweedie, likelihood_from_name, sample_posterior  # noqa: E402
 from jaxlens.sde import VESDE  # noqa: E402
 
 SHAPE = (16, 16, 1)
@@ -62,13 +60,9 @@ MODES = ("eq19", "eq12", "tweedie", "dps")
 SECTION = "## Likelihood bias on an analytic Gaussian prior"
 
 
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:  # noqa: BLE001 - informational only
-        name = platform.processor() or "unknown CPU"
-    return f"{name}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+def _term(mode: str, cap: int):
+    """The mode's term with --solve-cap as eq12's CG cap and tweedie's Lanczos cap."""
+    return {"eq12": Eq12(cg_maxiter=cap), "tweedie": Tweedie(lanczos_cap=cap)}.get(mode) or likelihood_from_name(mode)
 
 
 def _stats(mean, std, ref_mean, ref_std):
@@ -89,8 +83,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--chains", type=int, default=256)
-    parser.add_argument("--cg-maxiter", type=int, default=100)
-    parser.add_argument("--no-append", action="store_true")
+    parser.add_argument("--solve-cap", type=int, default=100, help="eq12's CG cap, tweedie's Lanczos cap")
+    parser.add_argument("--json", default=os.path.join("out", "likelihood_bias.json"))
+    parser.add_argument("--markdown", default="", help="also append the table to this file")
     args = parser.parse_args()
     t_start = time.time()
 
@@ -122,7 +117,7 @@ def main() -> None:
             mc = None
             if mode != "dps" and (mode == "eq19" or sigma_n == 0.05):
                 s = sample_posterior(jax.random.key(1), score, y, Ad, ATd, sigma_n, sde, args.chains,
-                                     args.steps, likelihood=mode, cg_maxiter=args.cg_maxiter, progress=False)
+                                     args.steps, likelihood=_term(mode, args.solve_cap), progress=False)
                 mc = _stats(s.mean(0), s.std(0, ddof=1), mu, sd)
             rows.append((sigma_n, mode, law, mc))
             print(sigma_n, mode, law, mc, f"{time.time() - t_start:.0f}s", flush=True)
@@ -144,17 +139,18 @@ def main() -> None:
     y = ((M @ x_true.ravel()).reshape(noise.shape) + 0.05 * noise).astype(np.float32)
     cost = {}
     for mode in MODES:
-        run = dict(likelihood=mode, cg_maxiter=args.cg_maxiter, progress=False)
+        run = dict(likelihood=_term(mode, args.solve_cap), progress=False)
         sample_posterior(jax.random.key(0), score, y, A, AT, 0.05, sde, 64, 50, **run)
         t0 = time.perf_counter()
         sample_posterior(jax.random.key(0), score, y, A, AT, 0.05, sde, 64, 50, **run)
         cost[mode] = (time.perf_counter() - t0) / 50 * 1e3
 
+    env = io.environment()
     lines = [
         SECTION,
         "",
-        f"`python benchmarks/likelihood_bias.py --steps {args.steps} --chains {args.chains} "
-        f"--cg-maxiter {args.cg_maxiter}`, {datetime.date.today().isoformat()}, {_cpu()}; "
+        f"`python -m experiments.likelihood_bias --steps {args.steps} --chains {args.chains} "
+        f"--solve-cap {args.solve_cap}`, {datetime.date.today().isoformat()}, {env['cpu']}, {env['cores']} cores; "
         f"jax {jax.__version__} (CPU, {jax.device_count()} device(s)), {time.time() - t_start:.0f} s in all.",
         "",
         "16² source, smooth Gaussian prior (SE kernel, ℓ = 2 px, unit std, jitter 1e-3), real SIE + shear",
@@ -163,7 +159,7 @@ def main() -> None:
         "std ratio = median (5–95 %) over pixels of sampled/exact posterior std; 1.000 is unbiased.",
         "*law* = exact distribution of the EM chain (no Monte-Carlo error, exact linear solves);",
         f"*MC* = `sample_posterior` with {args.chains} chains (MC error of the mean error ≈ "
-        f"{1 / np.sqrt(args.chains):.3f}; CG capped at {args.cg_maxiter} iterations).",
+        f"{1 / np.sqrt(args.chains):.3f}; solves capped at {args.solve_cap} iterations).",
         "",
         "| σ_n | mode | mean error (law) | std ratio (law) | mean error (MC) | std ratio (MC) |",
         "|---|---|---|---|---|---|",
@@ -196,11 +192,15 @@ def main() -> None:
     ]
     table = "\n".join(lines)
     print("\n" + table)
-    if not args.no_append:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-        with open(path, "a") as f:
+    record = {"command": sys.argv, "steps": args.steps, "chains": args.chains, "solve_cap": args.solve_cap,
+              "smooth_prior": [{"sigma_n": sn, "mode": m, "law": law, "mc": mc} for sn, m, law, mc in rows],
+              "isotropic_prior": [{"sigma_n": sn, "mode": m, "law": st} for sn, m, st in iso_rows],
+              "ms_per_step_64_chains": cost}
+    print("wrote", io.write_results(args.json, record))
+    if args.markdown:
+        with open(args.markdown, "a") as f:
             f.write("\n" + table)
-        print(f"appended to {path}")
+        print(f"appended to {args.markdown}")
 
 
 if __name__ == "__main__":

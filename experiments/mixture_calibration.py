@@ -1,16 +1,16 @@
 """The likelihood terms against an exact posterior on a non-Gaussian (Gaussian-mixture) prior.
 
-  python benchmarks/mixture_calibration.py [--sims 50] [--chains 32] [--n-steps 200]
-      [--priors locations,scales] [--sigma-n 0.05,0.2] [--modes exact,tweedie,eq19] [--cg-maxiter 5]
+  python -m experiments.mixture_calibration [--sims 50] [--chains 32] [--n-steps 200]
+      [--priors locations,scales] [--sigma-n 0.05,0.2] [--modes exact,tweedie,eq19] [--lanczos-cap 5]
       [--jacobian-error 0.1] [--json out/mixture.json]
 
 Tweedie takes p(x₀ | x_t) to be Gaussian. On a Gaussian prior that is exact, so the analytic
 Gaussian tests cannot see what the approximation costs. Here the prior is a two-component Gaussian
-mixture (`jaxlens.sample.mixture`) on 16² sources through a real SIE + shear operator, so
+mixture (`jaxlens.reference.mixture_prior`) on 16² sources through a real SIE + shear operator, so
 p(x₀ | x_t) is not Gaussian but the score, its Jacobian (hence tweedie's covariance) and the
 posterior are all exact: what tweedie gets wrong is the Gaussian approximation and its solve's
-truncation (--cg-maxiter). It was written to test whether the approximation explains tweedie's ~5 %
-over-confidence on the learned 64² prior; at that noise level it does not (benchmarks/RESULTS.md).
+truncation (--lanczos-cap). It was written to test whether the approximation explains tweedie's ~5 %
+over-confidence on the learned 64² prior; at that noise level it does not (docs/validation.md).
 
 Priors: 'locations' mixes two galaxy-like means (a round and an offset elongated blob: p(x₀ | x_t)
 is bimodal at intermediate σ); 'scales' mixes one mean with fluctuations of std 0.05 and 0.3 (a
@@ -33,28 +33,22 @@ pooled over the simulations (truth drawn from the prior, y = A x + σ_n ε):
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path[:0] = [REPO, HERE]
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from jaxlens.diagnostics import metrics  # noqa: E402
-from jaxlens.lensing import Geometry, LensParams, lens_operator  # noqa: E402
-from jaxlens.sample import (dense_operator, mixture_moments, mixture_posterior, mixture_prior,  # noqa: E402
-                            mixture_prior_sample, mixture_prior_score, sample_posterior, smooth_gaussian_prior)
-from jaxlens.sample.solvers import integrate  # noqa: E402
-from jaxlens.sde import VESDE  # noqa: E402
-from quality import machine  # noqa: E402
+from jaxlens import io
+from jaxlens.diagnostics import metrics
+from jaxlens.lensing import Geometry, LensParams, lens_operator
+from jaxlens.reference import (dense_operator, mixture_moments, mixture_posterior, mixture_prior,
+                               mixture_prior_sample, mixture_prior_score, smooth_gaussian_prior)
+from jaxlens.sample import Tweedie, prior_chains, sample_posterior
+from jaxlens.sde import VESDE
 
 SHAPE = (16, 16, 1)
 GEOM = Geometry(src_npix=16, src_fov=2.0, fine_npix=32, img_fov=3.0, pool=2)
@@ -109,15 +103,13 @@ def with_jacobian_error(score_fn, delta: float, dim: int, seed: int = 0):
     return score
 
 
-def _exact_chains(n_steps: int):
-    """Chains of the reverse SDE under the exact diffused posterior score; the posterior is an argument."""
+def _exact_chains(n_chains: int, n_steps: int):
+    """The core's chains under the exact diffused posterior score (a mixture, sampled as a prior with no
+    likelihood term); the posterior is an argument, so one compilation serves every simulation."""
 
     @jax.jit
-    def run(key, post, x0):
-        score = mixture_prior_score(post, SDE)
-        steps = jnp.arange(n_steps, dtype=jnp.int32)
-        keys = jax.random.split(key, x0.shape[0])
-        return jax.vmap(lambda k, x: integrate(k, score, SDE, x, steps, n_steps))(keys, x0)
+    def run(key, post):
+        return prior_chains(key, mixture_prior_score(post, SDE), SDE, SHAPE, n_chains=n_chains, n_steps=n_steps)
 
     return run
 
@@ -136,7 +128,7 @@ def _weight_error(post, xs):
     return 0.5 * np.abs(frac - post.weights).sum()
 
 
-def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, cg_maxiter, seed=0, jacobian_error=0.0):
+def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, seed=0, jacobian_error=0.0):
     prior = make_prior(prior_name)
     A, _ = lens_operator(LENS, GEOM)
     M = dense_operator(A, SHAPE)
@@ -146,7 +138,7 @@ def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, cg_maxiter, s
     score = mixture_prior_score(prior, SDE)
     if jacobian_error:
         score = with_jacobian_error(score, jacobian_error, int(np.prod(SHAPE)))
-    exact = _exact_chains(n_steps)
+    exact = _exact_chains(chains, n_steps)
     truths = np.asarray(mixture_prior_sample(jax.random.key(seed), prior, sims), np.float64)
     rng = np.random.default_rng(seed)
     acc = {m: {"samples": [], "mean_sq": [], "w_err": []} for m in modes}
@@ -163,11 +155,11 @@ def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, cg_maxiter, s
             if m == "draws":
                 xs = mixture_prior_sample(key, post, chains)
             elif m == "exact":
-                x0 = SDE.sigma_max * jax.random.normal(jax.random.fold_in(key, 1), (chains,) + SHAPE)
-                xs = exact(key, jax.tree.map(jnp.asarray, post), x0)
+                xs = exact(key, jax.tree.map(jnp.asarray, post))
             else:
                 xs = sample_posterior(key, score, jnp.asarray(y, jnp.float32), Ad, ATd, sigma_n, SDE, chains,
-                                      n_steps, likelihood=m, cg_maxiter=cg_maxiter, progress=False)
+                                      n_steps, likelihood=Tweedie(lanczos_cap=lanczos_cap) if m == "tweedie" else m,
+                                      progress=False)
             xs = np.asarray(xs, np.float64)
             seconds[m] += time.perf_counter() - t0
             flat = xs.reshape(chains, -1)
@@ -201,34 +193,32 @@ def main() -> None:
     ap.add_argument("--priors", default="locations,scales")
     ap.add_argument("--sigma-n", default="0.05,0.2")
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--cg-maxiter", type=int, default=5)
+    ap.add_argument("--lanczos-cap", type=int, default=5)
     ap.add_argument("--jacobian-error", type=float, default=0.0,
                     help="relative error δ of the prior score's Jacobian as tweedie sees it (see with_jacobian_error)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--json", default=os.path.join("out", "mixture_calibration.json"), help="the rows go here")
     args = ap.parse_args()
     modes = args.modes.split(",")
     if unknown := set(modes) - set(MODES):
         raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {MODES}")
-    print(f"# mixture calibration, {datetime.date.today()}, {machine()}")
-    print(f"# {args.sims} simulations x {args.chains} chains, N = {args.n_steps}, tweedie cap {args.cg_maxiter}"
+    env = io.environment()
+    print(f"# mixture calibration, {env['date']}, {env['cpu']}, {env['cores']} cores, JAX {env['jax']}")
+    print(f"# {args.sims} simulations x {args.chains} chains, N = {args.n_steps}, tweedie cap {args.lanczos_cap}"
           + (f", Jacobian error δ = {args.jacobian_error}" if args.jacobian_error else ""))
     print("| prior | σ_n | mode | var ratio | mean err | weight err | spread/skill | diverged | s / sim |")
     print("|---|---|---|---|---|---|---|---|---|")
     out = []
     for p in args.priors.split(","):
         for s in (float(v) for v in args.sigma_n.split(",")):
-            rows = run_setting(p, s, modes, args.sims, args.chains, args.n_steps, args.cg_maxiter, args.seed,
+            rows = run_setting(p, s, modes, args.sims, args.chains, args.n_steps, args.lanczos_cap, args.seed,
                                args.jacobian_error)
             for m, r in rows.items():
                 print(f"| {p} | {s} | {m} | {r['var_ratio']:.3f} | {r['mean_err']:.2f} | {r['weight_err']:.3f} | "
                       f"{r['spread_skill']:.3f} ± {r['spread_skill_err']:.3f} | {r['diverged']} | "
                       f"{r['seconds_per_sim']:.2f} |", flush=True)
                 out.append({"prior": p, "sigma_n": s, "mode": m, **r})
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "machine": machine(), "rows": out}, f, indent=1)
+    print("wrote", io.write_results(args.json, {"command": sys.argv, "args": vars(args), "rows": out}))
 
 
 if __name__ == "__main__":

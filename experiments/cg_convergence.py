@@ -1,8 +1,8 @@
 """How far the `tweedie` likelihood score is from converged at a given solve cap (issue "calibration").
 
-  python benchmarks/cg_convergence.py [--lenses 4] [--caps 5,50] [--times 0.9,0.5,0.2,0.05]
+  python -m experiments.cg_convergence [--lenses 4] [--caps 5,50] [--times 0.9,0.5,0.2,0.05]
 
-For held-out lenses of benchmarks/coverage.py (same seeds, shipped 64² prior) and states
+For held-out lenses of experiments/coverage.py (same seeds, shipped 64² prior) and states
 x_t = truth + σ(t) z, it prints ‖score(cap) − score(reference cap)‖ / ‖score(reference cap)‖,
 the reference being the largest cap given. A large value means the capped Krylov solve of
 (σ_n² I + A C Aᵀ) u = y − A m changes the likelihood term, not just its last digits.
@@ -12,26 +12,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+from configs import procedural_64
+from jaxlens.cli import common
+from jaxlens.prior import load_prior
+from jaxlens.sample import Tweedie, observe
+from jaxlens.simulation import held_out_problems
 
-from configs import procedural_64  # noqa: E402
-from coverage import simulate  # noqa: E402
-from jaxlens.cli import common  # noqa: E402
-from jaxlens.lensing import lens_operator  # noqa: E402
-from jaxlens.prior import load_prior  # noqa: E402
-from jaxlens.sample import make_likelihood  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default=os.path.join(os.path.dirname(HERE), "checkpoints", "procedural_64"))
+    ap.add_argument("--checkpoint", default=os.path.join(REPO, "checkpoints", "procedural_64"))
     ap.add_argument("--lenses", type=int, default=4)
     ap.add_argument("--caps", default="5,50", help="iteration caps of the solve; the largest is the reference")
     ap.add_argument("--times", default="0.9,0.5,0.2,0.05")
@@ -50,12 +47,11 @@ def main() -> None:
     def likelihood_score(cap):
         # y and the lens are traced (Aᵀ by linear transposition), so each cap compiles once for every lens.
         def fn(x, t, y, lens):
-            A, AT = lens_operator(lens, geo)
-            return make_likelihood("tweedie", y, A, AT, sigma_n, cg_maxiter=cap)(score, x, t, sde)
+            return Tweedie(lanczos_cap=cap).score(score, observe(y, sigma_n, lens=lens, geometry=geo), x, t, sde)
         return jax.jit(fn)
 
     fns = {c: likelihood_score(c) for c in caps}
-    for k, p in enumerate(simulate(args.lenses, 0, geo, sigma_n)):
+    for k, p in enumerate(held_out_problems(args.lenses, 0, geo, sigma_n)):
         for t in times:
             x = jnp.asarray(p.truth) + sde.sigma(t) * jax.random.normal(jax.random.key(k), p.truth.shape)
             out = {c: np.asarray(fn(x, jnp.float32(t), jnp.asarray(p.y), p.lens)) for c, fn in fns.items()}

@@ -1,9 +1,9 @@
 """Where along the reverse SDE does a chain go astray? (issue "calibration")
 
-  python benchmarks/chain_trajectory.py [--lenses 13] [--mode tweedie] [--n-steps 100] [--chains 3]
-      [--cg-maxiter 5] [--every 5] [--truths-from WORKDIR]
+  python -m experiments.chain_trajectory [--lenses 13] [--mode tweedie] [--n-steps 100] [--chains 3]
+      [--solve-cap 5] [--every 5] [--truths-from WORKDIR]
 
-Runs the chains of benchmarks/coverage.py's held-out lenses with the same keys, one Euler–Maruyama
+Runs the chains of experiments/coverage.py's held-out lenses with the same keys, one Euler–Maruyama
 step per compiled call, and prints per chain the state's norm ‖x‖ and the norms of the two drift
 terms of the step, g²|Δt| ‖likelihood score‖ and g²|Δt| ‖prior score‖. A sample that blew up in the
 coverage run shows here at the step where the likelihood's drift outgrows the state.
@@ -15,33 +15,29 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+from configs import procedural_64
+from jaxlens.cli import common
+from jaxlens.prior import load_prior
+from jaxlens.sample import (LIKELIHOODS, EulerMaruyama, chain_keys, init_chains, likelihood_from_name, observe)
+from jaxlens.simulation import held_out_problems
 
-from configs import procedural_64  # noqa: E402
-from coverage import lens_key, simulate, truths_path  # noqa: E402
-from jaxlens.cli import common  # noqa: E402
-from jaxlens.lensing import lens_operator  # noqa: E402
-from jaxlens.prior import load_prior  # noqa: E402
-from jaxlens.sample import LIKELIHOOD_MODES, EulerMaruyama, make_likelihood  # noqa: E402
-from quality import chain_keys  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default=os.path.join(os.path.dirname(HERE), "checkpoints", "procedural_64"))
+    ap.add_argument("--checkpoint", default=os.path.join(REPO, "checkpoints", "procedural_64"))
     ap.add_argument("--lenses", default="13", help="comma list of coverage.py lens indices")
-    ap.add_argument("--mode", default="tweedie", choices=LIKELIHOOD_MODES)
+    ap.add_argument("--mode", default="tweedie", choices=tuple(LIKELIHOODS))
     ap.add_argument("--n-steps", type=int, default=100)
     ap.add_argument("--chains", type=int, default=3, help="coverage.py draws --samples + 1 chains per lens")
-    ap.add_argument("--cg-maxiter", type=int, default=5)
+    ap.add_argument("--solve-cap", type=int, default=5, help="eq12's CG cap, tweedie's Lanczos cap")
     ap.add_argument("--every", type=int, default=5, help="print every k-th step (and the first and last)")
     ap.add_argument("--seed", type=int, default=0, help="coverage.py's --seed")
     ap.add_argument("--truths-from", default=None,
@@ -58,20 +54,23 @@ def main() -> None:
     shape = tuple(int(v) for v in prior.meta["image_shape"])
     sources = None
     if args.truths_from:
-        sources = np.load(truths_path(args.truths_from))["sources"]
+        sources = np.load(os.path.join(args.truths_from, "truths_prior.npz"))["sources"]
         if max(lenses) >= len(sources):
             raise SystemExit(f"{args.truths_from} holds {len(sources)} prior draws; lens {max(lenses)} asked")
         sources = sources[: max(lenses) + 1]
-    problems = simulate(max(lenses) + 1, args.seed, geo, sigma_n, sources)
+    problems = held_out_problems(max(lenses) + 1, args.seed, geo, sigma_n, sources)
+    options = {"eq12": {"cg_maxiter": args.solve_cap}, "tweedie": {"lanczos_cap": args.solve_cap}}
+    term = likelihood_from_name(args.mode, **options.get(args.mode, {}))
     n, dt = args.n_steps, -1.0 / args.n_steps
 
     for i in lenses:
         p = problems[i]
-        A, AT = lens_operator(p.lens, geo)
-        term = make_likelihood(args.mode, p.y, A, AT, p.sigma_n, cg_maxiter=args.cg_maxiter)
-        starts, paths = (jnp.stack(k) for k in zip(*(chain_keys(lens_key(args.seed, i), g)
-                                                        for g in range(args.chains))))
-        x = sde.sigma_max * jax.vmap(lambda k: jax.random.normal(k, shape))(starts)
+        obs = observe(p.y, p.sigma_n, lens=p.lens, geometry=geo).bind()
+        # coverage.py's key of lens i (sample_observations: fold_in(key, i)), then the core's chain keys.
+        key = jax.random.fold_in(jax.random.key(args.seed + 7), i)
+        index = jnp.arange(args.chains)
+        paths = jax.vmap(lambda g: chain_keys(key, g)[1])(index)
+        x = init_chains(key, index, sde, shape)
 
         @jax.jit
         def step(x, paths, k):
@@ -79,7 +78,7 @@ def main() -> None:
             g2 = sde.g2(t)
 
             def one(xi, path):
-                lik, s = term(score, xi, t, sde), score(xi, t)
+                lik, s = term.score(score, obs, xi, t, sde), score(xi, t)
                 # The sampler's own step (and key per step, as in solvers.integrate), on the two terms.
                 new = EulerMaruyama().step(lambda z, tt: s + lik, sde, xi, t, dt, jax.random.fold_in(path, k))
                 return new, jnp.stack([jnp.linalg.norm(xi), -g2 * dt * jnp.linalg.norm(lik),
@@ -87,7 +86,7 @@ def main() -> None:
 
             return jax.vmap(one)(x, paths)
 
-        print(f"lens {i} ({args.mode}, N = {n}, cap {args.cg_maxiter}); truth ‖x‖ = {np.linalg.norm(p.truth):.2f}")
+        print(f"lens {i} ({args.mode}, N = {n}, cap {args.solve_cap}); truth ‖x‖ = {np.linalg.norm(p.truth):.2f}")
         t0 = time.perf_counter()
         for k in range(n):
             x, stats = step(x, paths, jnp.int32(k))

@@ -1,6 +1,6 @@
 """Grid of 36 procedural galaxies (seeds 0-35) at 64², for the README.
 
-  python benchmarks/plot_galaxies.py [--out docs/galaxies.png] [--npix 64] [--stretch asinh|linear]
+  python -m experiments.plot_galaxies [--out docs/galaxies.png] [--npix 64] [--stretch asinh|linear]
 
 Display only: the asinh stretch (Lupton et al. 1999) shows the faint disks, arms and
 tails as astronomers usually look at galaxy images; the training data are linear.

@@ -1,10 +1,11 @@
 """TARP coverage of each likelihood mode with the shipped 64² prior (issue "calibration").
 
-  python benchmarks/coverage.py [--checkpoint checkpoints/procedural_64] [--lenses 100] [--samples 2]
+  python -m experiments.coverage [--checkpoint checkpoints/procedural_64] [--lenses 100] [--samples 2]
       [--n-steps 200] [--modes eq19,tweedie,dps]  (each mode[:lenses[:steps]]; also 'prior')
-      [--references 64] [--lens-batch 16] [--cg-maxiter 20] [--truths procedural|prior] [--truth-steps 3000]
-      [--seed 0]
-      [--workdir out/coverage] [--results benchmarks/RESULTS.md] [--figdir docs/coverage]
+      [--references 64] [--lens-batch 16] [--solve-cap 20] [--truths procedural|prior] [--truth-steps 3000]
+      [--seed 0] [--workdir out/coverage] [--figdir out/coverage] [--markdown FILE]
+
+Results go to --workdir/coverage.json; the table is printed, and appended to --markdown only if given.
 
 Held-out simulated lenses (sources from held-out seeds, random SIE + shear, σ_n from the config)
 are sampled with every mode; samples are saved per mode under --workdir, so a rerun with the same
@@ -14,7 +15,7 @@ signed area (< 0 over-confident), the spread/skill ratio (1 when the truth is
 exchangeable with the samples), the median χ²_ν, the per-sample source error, the number of
 non-finite samples, the cost per step in network evaluations and the wall time per sample.
 
-Mode `prior` draws unconditional samples (eq19 with σ_n = 10⁶, so the data term vanishes) and
+Mode `prior` draws unconditional samples (the same sampler with no likelihood term) and
 scores them against the same sources: how far the prior alone is from the data, the reference
 against which a posterior's calibration is read.
 
@@ -22,7 +23,7 @@ With `--truths prior` the sources are unconditional draws of the prior itself (N
 not procedural galaxies: the self-consistent test, where an exact posterior is calibrated by
 construction, so that the prior's mismatch to the data drops out of the curve. The truths must
 be converged draws: at N = 300 they made tweedie look 0.08 off the diagonal, at N = 3000 0.02
-(benchmarks/RESULTS.md), hence the default.
+(docs/validation.md), hence the default.
 
 The noise floor: with n lenses even an exact sampler's curve strays from the diagonal by about
 1/√n. The script measures that floor on the same lenses by replacing the truth with one more
@@ -38,91 +39,76 @@ import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path[:0] = [REPO, HERE]
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+from configs import procedural_64
+from jaxlens import io
+from jaxlens.cli import common
+from jaxlens.diagnostics import coverage_bias, coverage_plot, max_calibration_error, metrics, tarp_bootstrap
+from jaxlens.lensing import lens_operator
+from jaxlens.prior import load_prior
+from jaxlens.sample import (Eq12, Tweedie, likelihood_from_name, observe, posterior_score, sample_observations,
+                            sample_prior)
+from jaxlens.sde import step_confidence
+from jaxlens.simulation import held_out_problems
 
-from configs import procedural_64  # noqa: E402
-from jaxlens.cli import common  # noqa: E402
-from jaxlens.data import HELD_OUT_SEED_START, procedural_galaxy  # noqa: E402
-from jaxlens.diagnostics import (coverage_bias, coverage_plot, max_calibration_error, metrics,  # noqa: E402
-                                 tarp_bootstrap)
-from jaxlens.lensing import lens_operator  # noqa: E402
-from jaxlens.prior import load_prior  # noqa: E402
-from jaxlens.reconstruct import simulated_problem  # noqa: E402
-from jaxlens.sample import LIKELIHOOD_MODES, make_likelihood, posterior_score  # noqa: E402
-from jaxlens.sde import step_confidence  # noqa: E402
-from quality import machine, make_sampler, random_lenses, seconds_per_state  # noqa: E402
-
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADING = "## Coverage (TARP) at 64² (shipped prior)"
-SOURCE_OFFSET = 10_000  # held-out seeds not used by quality.py
 SOLVES = {"eq12": "cg", "tweedie": "lanczos gain, negative curvature dropped"}
-MODES = LIKELIHOOD_MODES + ("prior",)
-PRIOR_SIGMA_N = 1e6  # mode "prior": the likelihood term is ~1e-12 of the prior's
+MODES = ("eq19", "eq12", "tweedie", "dps", "prior")
 
 
-def likelihood_of(mode: str) -> str:
-    return "eq19" if mode == "prior" else mode
+def term_of(mode: str, solve_cap: int):
+    """The likelihood term of a mode (None for 'prior'); --solve-cap sets eq12's CG and tweedie's Lanczos cap."""
+    if mode == "prior":
+        return None
+    if mode == "eq12":
+        return Eq12(cg_maxiter=solve_cap)
+    if mode == "tweedie":
+        return Tweedie(lanczos_cap=solve_cap)
+    return likelihood_from_name(mode)
 
 
-def step_cost(prior, term, shape, batch: int, t: float = 0.5) -> tuple[float, float]:
+def seconds_per_state(fn, x, t, reps: int = 3) -> float:
+    """Wall time of a jitted batched fn(x [B, ...], t) per state, after a warm-up call."""
+    fn(x, t).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn(x, t).block_until_ready()
+    return (time.perf_counter() - t0) / (reps * x.shape[0])
+
+
+def step_cost(prior, term, obs, shape, batch: int, t: float = 0.5) -> tuple[float, float]:
     """(seconds per chain-step, network evaluations per step) of one posterior-score call at `batch`."""
     score = prior.score_fn()
-    post = jax.jit(jax.vmap(posterior_score(score, term, prior.sde), in_axes=(0, None)))
+    post = jax.jit(jax.vmap(posterior_score(score, term, obs, prior.sde), in_axes=(0, None)))
     net = jax.jit(jax.vmap(score, in_axes=(0, None)))
     x, tt = 0.05 * jnp.ones((batch,) + shape), jnp.float32(t)
     per_step = seconds_per_state(post, x, tt)
     return per_step, per_step / seconds_per_state(net, x, tt)
 
 
-def simulate(n: int, seed: int, geo, sigma_n: float, sources=None):
-    """n held-out lenses; their sources are procedural galaxies from held-out seeds unless given."""
-    lenses = random_lenses(n, seed + 1)
-    if sources is None:
-        sources = [procedural_galaxy(HELD_OUT_SEED_START + SOURCE_OFFSET + k, geo.src_npix) for k in range(n)]
-    key = jax.random.key(seed)
-    return [simulated_problem(jax.random.fold_in(key, k), src, lens, geo, sigma_n)
-            for k, (src, lens) in tqdm(list(enumerate(zip(sources, lenses))), desc="simulating lenses")]
-
-
-def truths_path(workdir: str) -> str:
-    """Where a `--truths prior` run keeps its prior draws (arrays `sources` and `settings`)."""
-    return os.path.join(workdir, "truths_prior.npz")
-
-
-def prior_sources(prior, geo, shape, n: int, n_steps: int, args) -> np.ndarray:
-    """[n, H, W, C] unconditional draws of the prior (eq19 at σ_n = 10⁶), cached in --workdir.
+def prior_sources(prior, shape, n: int, n_steps: int, args) -> np.ndarray:
+    """[n, H, W, C] unconditional draws of the prior, cached in --workdir/truths_prior.npz.
 
     With these as the truths the test is self-consistent (simulation-based calibration): an exact
     posterior under the prior is then calibrated by construction, so what the curve shows is the
     likelihood term's and the sampler's error alone, without the prior's mismatch to the data.
     """
-    path = truths_path(args.workdir)
+    path = os.path.join(args.workdir, "truths_prior.npz")
     settings = json.dumps(dict(seed=args.seed, n_steps=n_steps, prior_step=prior.meta.get("step")))
     if os.path.exists(path):
         cached = np.load(path)
         if str(cached["settings"]) == settings and len(cached["sources"]) >= n:
             print(f"truths: {n} prior draws loaded from {path}")
             return cached["sources"][:n]
-    lenses = random_lenses(n, args.seed + 1)  # any lens: the data term is nil at σ_n = 10⁶
-    run = make_sampler(prior, geo, shape, n_chains=1, n_steps=n_steps, lens_batch=args.lens_batch,
-                       likelihood=likelihood_of("prior"))
-    zero = np.zeros(geo.img_shape + shape[-1:], np.float32)
-    with tqdm(total=n * n_steps, unit="chain-step", desc="prior truths") as bar:
-        sources = run(jax.random.key(args.seed + 13), [zero] * n, lenses, [PRIOR_SIGMA_N] * n, bar)[:, 0]
+    sources = sample_prior(jax.random.key(args.seed + 13), prior.score_fn(), prior.sde, shape, n, n_steps,
+                           chunk_size=args.lens_batch)
     os.makedirs(args.workdir, exist_ok=True)
     np.savez(path, sources=sources, settings=settings)
     return sources
-
-
-def lens_key(seed: int, k: int) -> jax.Array:
-    """The key of held-out lens k (as quality.make_sampler folds it in); quality.chain_keys gives its chains'."""
-    return jax.random.fold_in(sampling_key(seed), k)
 
 
 def sampling_key(seed: int) -> jax.Array:
@@ -132,7 +118,7 @@ def sampling_key(seed: int) -> jax.Array:
 def sample_mode(mode, prior, geo, shape, problems, n_steps, args, settings) -> tuple[np.ndarray, float]:
     """[n_lenses, samples + 1, H, W, C] posterior samples and the wall time, cached in --workdir.
 
-    Lens k's samples depend only on k (see quality.make_sampler), so a cache made with fewer
+    Lens k's samples depend only on k (see `sample_observations`), so a cache made with fewer
     lenses is extended rather than redone, and the cache is saved after every lens batch: a long
     run that is stopped resumes where it was.
     """
@@ -142,25 +128,23 @@ def sample_mode(mode, prior, geo, shape, problems, n_steps, args, settings) -> t
         cached = np.load(path)
         kept = json.loads(str(cached["settings"]))
         # The solve cap does not change the modes without a solve (older caches recorded it for all).
-        ignored = {"lenses"} | (set() if mode in SOLVES else {"cg_maxiter"})
+        ignored = {"lenses"} | (set() if mode in SOLVES else {"solve_cap"})
         if {k: v for k, v in kept.items() if k not in ignored} == settings:
             samples, wall = cached["samples"][: len(problems)], float(cached["wall"])
             wall *= len(samples) / len(cached["samples"])
             print(f"{mode}: {len(samples)} of {len(problems)} lenses' samples loaded from {path}")
     if len(samples) == len(problems):
         return samples, wall
-    run = make_sampler(prior, geo, shape, n_chains=args.samples + 1, n_steps=n_steps,
-                       lens_batch=args.lens_batch, likelihood=likelihood_of(mode), cg_maxiter=args.cg_maxiter)
     todo = problems[len(samples):]
-    with tqdm(total=len(todo) * (args.samples + 1) * n_steps, unit="chain-step", desc=mode) as bar:
-        for b in range(0, len(todo), args.lens_batch):
-            part = todo[b : b + args.lens_batch]
-            t0 = time.perf_counter()
-            new = run(sampling_key(args.seed), [p.y for p in part], [p.lens for p in part],
-                      [PRIOR_SIGMA_N if mode == "prior" else p.sigma_n for p in part], bar, first=len(samples))
-            samples, wall = np.concatenate([samples, new]), wall + time.perf_counter() - t0
-            os.makedirs(args.workdir, exist_ok=True)
-            np.savez(path, samples=samples, wall=wall, settings=json.dumps(dict(settings, lenses=len(samples))))
+    for b in range(0, len(todo), args.lens_batch):
+        part = [observe(p.y, p.sigma_n, lens=p.lens, geometry=geo) for p in todo[b : b + args.lens_batch]]
+        t0 = time.perf_counter()
+        new = sample_observations(sampling_key(args.seed), prior.score_fn(), part, prior.sde,
+                                  likelihood=term_of(mode, args.solve_cap), n_chains=args.samples + 1,
+                                  n_steps=n_steps, batch=args.lens_batch, first=len(samples))
+        samples, wall = np.concatenate([samples, new]), wall + time.perf_counter() - t0
+        os.makedirs(args.workdir, exist_ok=True)
+        np.savez(path, samples=samples, wall=wall, settings=json.dumps(dict(settings, lenses=len(samples))))
     return samples, wall
 
 
@@ -204,7 +188,7 @@ def main() -> None:
                          "lenses that mode runs, steps = its own step count (both for cost)")
     ap.add_argument("--references", type=int, default=64, help="TARP reference draws per lens, averaged")
     ap.add_argument("--lens-batch", type=int, default=16, help="lenses per compiled call")
-    ap.add_argument("--cg-maxiter", type=int, default=20, help="CG cap of 'eq12' and 'tweedie'")
+    ap.add_argument("--solve-cap", type=int, default=20, help="CG cap of 'eq12', Lanczos cap of 'tweedie'")
     ap.add_argument("--truths", choices=("procedural", "prior"), default="procedural",
                     help="the lenses' sources: held-out procedural galaxies, or draws of the prior itself "
                          "(the self-consistent test; use its own --workdir)")
@@ -212,9 +196,10 @@ def main() -> None:
                     help="Euler–Maruyama steps of the prior's draws (fewer leave them unconverged)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=os.path.join(REPO, "out", "coverage"))
-    ap.add_argument("--results", default=os.path.join(REPO, "benchmarks", "RESULTS.md"))
-    ap.add_argument("--figdir", default=os.path.join(REPO, "docs", "coverage"))
+    ap.add_argument("--markdown", default="", help="also append the table to this file")
+    ap.add_argument("--figdir", default="", help="where tarp.png goes (default: --workdir)")
     args = ap.parse_args()
+    args.figdir = args.figdir or args.workdir
     modes = {}
     for entry in filter(None, (m.strip() for m in args.modes.split(","))):
         mode, n, steps = (entry.split(":") + ["", ""])[:3]
@@ -231,17 +216,16 @@ def main() -> None:
     settings = dict(samples=args.samples, seed=args.seed, prior_step=prior.meta.get("step"))
     sources = None
     if args.truths == "prior":
-        sources = prior_sources(prior, geo, shape, args.lenses, args.truth_steps, args)
+        sources = prior_sources(prior, shape, args.lenses, args.truth_steps, args)
         settings.update(truths="prior", truth_steps=args.truth_steps)
-    problems = simulate(args.lenses, args.seed, geo, sigma_n, sources)
-    A, AT = lens_operator(problems[0].lens, geo)
+    problems = held_out_problems(args.lenses, args.seed, geo, sigma_n, sources)
+    obs0 = observe(problems[0].y, sigma_n, lens=problems[0].lens, geometry=geo)
     batch = args.lens_batch * (args.samples + 1)
     rows, curves = [], {}
     for mode, (n, n_steps) in modes.items():
-        term = make_likelihood(likelihood_of(mode), problems[0].y, A, AT, sigma_n, cg_maxiter=args.cg_maxiter)
-        per_step, evals = step_cost(prior, term, shape, batch)
+        per_step, evals = step_cost(prior, term_of(mode, args.solve_cap), obs0, shape, batch)
         # A cache made by another linear solve (tweedie used plain CG before 2026-11-27) is not reused.
-        solve = {"solve": SOLVES[mode], "cg_maxiter": args.cg_maxiter} if mode in SOLVES else {}
+        solve = {"solve": SOLVES[mode], "solve_cap": args.solve_cap} if mode in SOLVES else {}
         samples, wall = sample_mode(mode, prior, geo, shape, problems[:n], n_steps, args,
                                     dict(settings, n_steps=n_steps, **solve))
         r = evaluate(samples, problems[:n], geo, args)
@@ -261,25 +245,26 @@ def main() -> None:
                       title=f"TARP, {args.samples} samples per lens"
                       + (", sources drawn from the prior" if args.truths == "prior" else ""))
 
+    env = io.environment()
+
     def fmt(r, key, spec):
         return format(r[key], spec) if key in r else "—"
 
     def p_of(n_steps):
         return step_confidence(n_steps, int(np.prod(shape)), prior.sde.sigma_min, prior.sde.sigma_max)
 
-    truths_text = ("sources drawn from the prior itself (eq19 at σ_n = 10⁶, "
+    truths_text = ("sources drawn from the prior itself (no likelihood term, "
                    f"N = {args.truth_steps}: the self-consistent test)" if args.truths == "prior"
                    else "sources from held-out procedural seeds")
-    figrel = os.path.relpath(args.figdir, os.path.dirname(os.path.abspath(args.results)))
     lines = [
         HEADING, "",
-        f"{datetime.date.today().isoformat()} — {machine()}. Prior `{os.path.relpath(args.checkpoint, REPO)}` "
+        f"{datetime.date.today().isoformat()} — {env['cpu']}, {env['cores']} cores, JAX {env['jax']}. Prior `{os.path.relpath(args.checkpoint, REPO)}` "
         f"(training step {prior.meta.get('step', '?')}); up to {args.lenses} held-out lenses at σ_n = {sigma_n:g}, "
         f"{truths_text}, "
         f"{args.samples} posterior samples each (+1 for the noise floor), N Euler–Maruyama steps (p(N): "
-        f"Technique 2's confidence), CG cap {args.cg_maxiter}; TARP in the source plane, Euclidean distance in pixel "
+        f"Technique 2's confidence), solve cap {args.solve_cap}; TARP in the source plane, Euclidean distance in pixel "
         f"units, {args.references} reference points per lens, ±: bootstrap std over lenses.", "",
-        f"Command: `python benchmarks/coverage.py {' '.join(sys.argv[1:])}`".replace("  ", " "), "",
+        f"Command: `python -m experiments.coverage {' '.join(sys.argv[1:])}`".replace("  ", " "), "",
         "| mode | lenses | N (p(N)) | max \\|ECP − α\\| | signed area | noise floor (exchangeable) | spread / skill | χ²_ν median | source error "
         "per sample | non-finite lenses | network evals / step at t = 0.5 | over the run | s / sample |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -287,13 +272,17 @@ def main() -> None:
           f"| {fmt(r, 'floor_dev', '.3f')} | {fmt(r, 'spread_skill', '.3f')} ± {fmt(r, 'spread_skill_std', '.3f')} | {fmt(r, 'chi2', '.3f')} | {fmt(r, 'err', '.3f')} | "
           f"{r['non_finite_lenses']} | {r['evals']:.1f} | {r['evals_run']:.1f} | {r['per_sample']:.1f} |"
           for r in rows),
-        "", f"Figure: [tarp.png]({figrel}/tarp.png)", "",
+        "", f"Figure: {os.path.join(args.figdir, 'tarp.png')}", "",
     ]
     text = "\n".join(lines)
     print("\n" + text)
-    with open(args.results, "a") as f:
-        f.write("\n" + text)
-    print(f"appended to {args.results}")
+    record = {"command": sys.argv, "prior_step": prior.meta.get("step"), "sigma_n": sigma_n, "truths": args.truths,
+              "rows": [{k: v for k, v in r.items() if k not in ("curve", "floor")} for r in rows]}
+    print("wrote", io.write_results(os.path.join(args.workdir, "coverage.json"), record))
+    if args.markdown:
+        with open(args.markdown, "a") as f:
+            f.write("\n" + text)
+        print(f"appended to {args.markdown}")
 
 
 if __name__ == "__main__":
