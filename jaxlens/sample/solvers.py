@@ -152,6 +152,9 @@ def integrate(
     def body(state: SolverState, i):
         t = 1.0 - i.astype(x.dtype) / n_steps
 
+        # Rematerialised under reverse-mode differentiation: a gradient through a whole run then keeps
+        # one state per step, not every network activation of every step (no effect without grad).
+        @jax.checkpoint
         def advance(z):
             return solver.step(score_fn, sde, z, t, dt, jax.random.fold_in(key, i))
 
