@@ -20,7 +20,7 @@ Each function is warmed up (compiled) first, then timed over several repeats wit
 block_until_ready; we report the median and the minimum wall time. Ratios use
 medians and the faster lenstronomy route. Run from the repository root:
 
-    python benchmarks/forward_vs_lenstronomy.py [--repeats 50]
+    python -m benchmarks.forward_vs_lenstronomy [--repeats 50]
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def reconstruct(
     samples = sample_posterior(
         jax.random.key(options.seed), prior.score_fn(), y, A, AT, problem.sigma_n, prior.sde,
         options.n_chains, n_steps, likelihood=options.likelihood, solver=_solver(options), denoise=options.denoise,
-        chunk_size=options.chunk_size, out_dir=os.path.join(out_dir, "chunks"),
+        chunk_size=options.chunk_size, out_dir=out_dir,  # the chunks go to out_dir/chunks
         progress=options.progress, tag=tag)
     timings["sampling_s"] = time.perf_counter() - t1
 

@@ -71,6 +71,14 @@ def test_short_default_run_writes_every_output(tmp_path):
     assert summary["diverged_chains"] == [] and max(summary["chi2_nu"]) < 2
     assert summary["devices"]["count"] == 1 and summary["wall_time_s"] > 0
     assert "sampling (compile included)" in r.stdout
+    # Chunks live in out/chunks, where --overwrite deletes them: a rerun recomputes instead of reloading.
+    assert sorted(p.name for p in (out / "chunks").iterdir()) == ["chunk_00000.npz", "manifest.json"]
+    r = _sample(f"--out={out}", "--overwrite", "--config.sampling.n_chains=2", "--config.sampling.n_steps=120",
+                "--config.sampling.chunk_size=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads((out / "summary.json").read_text())
+    assert again["timings_s"]["sampling_s"] > 1.0  # 240 chain-steps with compilation: not a reload
+    assert again["chi2_nu"] == summary["chi2_nu"]  # the same seeds: the same samples
 
 
 @pytest.fixture()

@@ -114,7 +114,7 @@ class GroupNorm(nn.Module):
     Same statistics as flax's (mean and E[x²] − mean², clipped at 0, in float32) but computed
     as per-channel sums over H and W, which stay vectorised along the minor channel axis of
     NHWC, then folded into one per-channel multiply-add. On CPU this is 1.4–3× faster than
-    flax's reshape to [B, H, W, G, C/G] (benchmarks/RESULTS.md, "Where a step's time goes").
+    flax's reshape to [B, H, W, G, C/G] (docs/validation.md, "Speed on the CPU").
     The parameter names and shapes are flax's, so checkpoints load either way.
     """
 

@@ -5,7 +5,7 @@ A mixture Σ_k w_k N(μ_k, Σ_k) diffused by the VE SDE stays a mixture, with co
 y = M x + η the posterior is again a mixture, of the components' linear-Gaussian posteriors
 weighted by w_k N(y; M μ_k, M Σ_k Mᵀ + diag(σ_n²)). Unlike the Gaussian prior of
 `jaxlens.sample.gaussian`, p(x₀ | x_t) is multimodal here, so it tells apart the likelihood terms
-that assume it is Gaussian ('tweedie') from the exact posterior (benchmarks/mixture_calibration.py).
+that assume it is Gaussian ('tweedie') from the exact posterior (experiments/mixture_calibration.py).
 Small problems only: each component keeps a dense [D, D] eigenbasis.
 
 Flattening follows `jaxlens.sample.gaussian`: index (i, j, c) of [H, W, C] is i·W·C + j·C + c.

@@ -4,7 +4,7 @@ The `tweedie` likelihood solves (σ_n² I + A C Aᵀ) u = r with C = σ² ∂m/�
 learned score's Jacobian. A learned Jacobian is neither exactly symmetric nor, at large σ,
 positive semi-definite (C = σ² I + σ⁴ ∂s/∂x is a difference of two large terms), so the system
 can have negative eigenvalues, where conjugate gradients diverges or depends on rounding
-(benchmarks/jacobian_spectrum.py measures it on the shipped prior).
+(experiments/jacobian_spectrum.py measures it on the shipped prior).
 
 `clipped_lanczos_solve` runs Lanczos on the Jacobi-preconditioned operator, then solves in the
 Krylov subspace with the Ritz values raised to a floor that the exact operator is known to
