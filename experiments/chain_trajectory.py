@@ -3,9 +3,9 @@
   python -m experiments.chain_trajectory [--lenses 13] [--mode tweedie] [--n-steps 100] [--chains 3]
       [--solve-cap 5] [--every 5] [--truths-from WORKDIR]
 
-Runs the chains of experiments/coverage.py's held-out lenses with the same keys, one Euler–Maruyama
-step per compiled call, and prints per chain the state's norm ‖x‖ and the norms of the two drift
-terms of the step, g²|Δt| ‖likelihood score‖ and g²|Δt| ‖prior score‖. A sample that blew up in the
+Runs the chains of experiments/coverage.py's held-out lenses with the same keys (the library's
+`solve`, keeping every state) and prints per chain the state's norm ‖x‖ and the norms of the two
+drift terms of each step, g²|Δt| ‖likelihood score‖ and g²|Δt| ‖prior score‖. A sample that blew up in the
 coverage run shows here at the step where the likelihood's drift outgrows the state.
 With --truths-from, the sources are the prior draws a `coverage.py --truths prior` run saved in
 its work directory (the self-consistent test), not the procedural galaxies.
@@ -24,7 +24,7 @@ import numpy as np
 from configs import procedural_64
 from jaxlens.cli import common
 from jaxlens.prior import load_prior
-from jaxlens.sample import (LIKELIHOODS, EulerMaruyama, chain_keys, init_chains, likelihood_from_name, observe)
+from jaxlens.sample import LIKELIHOODS, chain_keys, init_chains, likelihood_from_name, observe, posterior_score, solve
 from jaxlens.simulation import held_out_problems
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +61,7 @@ def main() -> None:
     problems = held_out_problems(max(lenses) + 1, args.seed, geo, sigma_n, sources)
     options = {"eq12": {"cg_maxiter": args.solve_cap}, "tweedie": {"lanczos_cap": args.solve_cap}}
     term = likelihood_from_name(args.mode, **options.get(args.mode, {}))
-    n, dt = args.n_steps, -1.0 / args.n_steps
+    n = args.n_steps
 
     for i in lenses:
         p = problems[i]
@@ -70,28 +70,29 @@ def main() -> None:
         key = jax.random.fold_in(jax.random.key(args.seed + 7), i)
         index = jnp.arange(args.chains)
         paths = jax.vmap(lambda g: chain_keys(key, g)[1])(index)
-        x = init_chains(key, index, sde, shape)
-
-        @jax.jit
-        def step(x, paths, k):
-            t = 1.0 - k.astype(jnp.float32) / n
-            g2 = sde.g2(t)
-
-            def one(xi, path):
-                lik, s = term.score(score, obs, xi, t, sde), score(xi, t)
-                # The sampler's own step (and key per step, as in solvers.integrate), on the two terms.
-                new = EulerMaruyama().step(lambda z, tt: s + lik, sde, xi, t, dt, jax.random.fold_in(path, k))
-                return new, jnp.stack([jnp.linalg.norm(xi), -g2 * dt * jnp.linalg.norm(lik),
-                                       -g2 * dt * jnp.linalg.norm(s)])
-
-            return jax.vmap(one)(x, paths)
-
+        x0 = init_chains(key, index, sde, shape)
+        post = posterior_score(score, term, obs, sde)
         print(f"lens {i} ({args.mode}, N = {n}, cap {args.solve_cap}); truth ‖x‖ = {np.linalg.norm(p.truth):.2f}")
         t0 = time.perf_counter()
+        # The library's own chains (the same keys as the coverage run), every state kept ...
+        x, traj = jax.jit(jax.vmap(lambda k, xi: solve(k, post, sde, xi, n, keep_every=1)))(paths, x0)
+        before = jnp.concatenate([x0[:, None], traj[:, :-1]], axis=1)  # the state each step starts from
+
+        # ... then the two drift terms of each step, g²|Δt| times the norms of the scores at that state.
+        @jax.jit
+        def drifts(xk, k):
+            t = 1.0 - k.astype(jnp.float32) / n
+            scale = sde.g2(t) / n
+
+            def one(xi):
+                return jnp.stack([jnp.linalg.norm(xi), scale * jnp.linalg.norm(term.score(score, obs, xi, t, sde)),
+                                  scale * jnp.linalg.norm(score(xi, t))])
+
+            return jax.vmap(one)(xk)
+
         for k in range(n):
-            x, stats = step(x, paths, jnp.int32(k))
             if k % args.every == 0 or k == n - 1:
-                stats = np.asarray(stats)
+                stats = np.asarray(drifts(before[:, k], jnp.int32(k)))
                 print(f"  step {k:4d} t = {1 - k / n:.2f} σ = {float(sde.sigma(1 - k / n)):8.4f}  ‖x‖ {stats[:, 0].round(2)}"
                       f"  g²|Δt|‖lik‖ {stats[:, 1].round(2)}  g²|Δt|‖prior‖ {stats[:, 2].round(2)}", flush=True)
         final = np.linalg.norm(np.asarray(x).reshape(args.chains, -1), axis=1)
