@@ -57,6 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
     t.log_every = 50
     t.grid_samples = 16  # prior samples drawn into a PNG at each checkpoint
     t.grid_steps = 500
+    # Prior quality (morphology KS, prior-alone TARP, each with its noise floor) against the held-out
+    # split, logged to metrics.jsonl every quality_every steps (0: never); grid_steps steps per sample.
+    t.quality_every = 5000
+    t.quality_samples = 64
 
     # Lens and observation of the simulated (held-out) problem used by bin/sample.
     c.lens = l = ml_collections.ConfigDict()

@@ -27,6 +27,7 @@ def get_config():
     c.training.checkpoint_every = 250
     c.training.grid_samples = 4
     c.training.grid_steps = 100
+    c.training.quality_every = 1000  # 64 prior samples x 100 steps: ~1 min on 2 CPU cores
     c.lens.fine_npix = 128
     c.lens.pool = 2
     c.lens.src_fov = 3.0

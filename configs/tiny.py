@@ -20,6 +20,8 @@ def get_config():
     c.training.log_every = 1
     c.training.grid_samples = 4
     c.training.grid_steps = 10
+    c.training.quality_every = 3
+    c.training.quality_samples = 8
     c.lens.fine_npix = 32
     c.lens.pool = 2
     c.lens.src_fov = 3.0

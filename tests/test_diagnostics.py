@@ -391,3 +391,21 @@ def test_grids_coverage_and_noise_sweep(tmp_path):
         dg.noise_sweep_figure(tmp_path / "x.png", truth_source=s[0], observations=rng.random((2, 6, 6)),
                               samples=s[:3], noise_levels=[0.01, 0.1, 1.0])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_prior_quality_sees_no_gap_between_two_draws_of_the_data_and_a_large_one_against_noise():
+    from jaxlens.data import VALIDATION_SEED_START, procedural_galaxies
+
+    data = procedural_galaxies((VALIDATION_SEED_START, 120), 32)
+    same = dg.prior_quality(procedural_galaxies((VALIDATION_SEED_START + 5000, 180), 32), data,
+                            key=jax.random.key(0))
+    # Two samples of one distribution: every KS distance within its 95 % critical value (a margin for 6 tests).
+    assert all(same[f"ks_{n}"] < 1.3 * same["ks_floor"] for n in ("flux", "r50", "concentration", "e"))
+    assert same["tarp_max_dev"] < 0.3 and same["n_samples"] == 180 and same["n_data"] == 120
+    blobs = np.random.default_rng(1).normal(0.2, 0.2, (180, 32, 32))
+    blobs[0, 3, 3] = np.nan  # a non-finite draw is dropped and counted
+    far = dg.prior_quality(blobs, data, key=jax.random.key(0))
+    assert far["non_finite"] == 1 and far["n_samples"] == 179
+    assert min(far[f"ks_{n}"] for n in ("flux", "r50", "concentration")) > 3 * far["ks_floor"]
+    with pytest.raises(ValueError, match="finite prior samples"):
+        dg.prior_quality(blobs[:2], data, key=jax.random.key(0), samples_per_truth=2)

@@ -86,7 +86,7 @@ def _train_cmd(workdir, data_dir, *extra):
 
 def _losses(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
 def _env():
@@ -99,7 +99,7 @@ def _env():
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     data_dir = tmp_path / "data"
     full, killed = tmp_path / "full", tmp_path / "killed"
-    steps = ["--config.training.steps=8", "--config.training.grid_samples=0"]
+    steps = ["--config.training.steps=8", "--config.training.grid_samples=0", "--config.training.quality_every=0"]
     subprocess.run(_train_cmd(full, data_dir, *steps), check=True, env=_env(), timeout=600)
 
     proc = subprocess.Popen(_train_cmd(killed, data_dir, *steps, "--config.training.checkpoint_every=3"),
@@ -140,7 +140,8 @@ def _tiny(data_dir, **training):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 4-step tiny run with checkpoints at steps 2 and 4, trained once for the module."""
+    """A 4-step tiny run with checkpoints at steps 2 and 4 and a prior-quality row at step 3 (tiny's
+    quality_every), trained once for the module."""
     root = tmp_path_factory.mktemp("trained")
     _run_in_process(_tiny(root / "data", steps=4, checkpoint_every=2), root / "run")
     return root
@@ -157,6 +158,17 @@ def _truncate_files(folder):
     for p in files:
         with open(p, "r+b") as f:
             f.truncate(p.stat().st_size // 3)
+
+
+def test_prior_quality_is_logged_beside_the_loss(trained):
+    with open(trained / "run" / "metrics.jsonl") as f:
+        rows = [r for r in map(json.loads, f) if "prior_quality" in r]
+    assert [r["step"] for r in rows] == [3, 4]  # every quality_every steps, and at the end
+    q = rows[-1]["prior_quality"]
+    assert q["n_samples"] + q["non_finite"] == 8 and q["n_data"] >= 2
+    for name in ("flux", "r50", "concentration", "e"):
+        assert 0.0 <= q[f"ks_{name}"] <= 1.0
+    assert 0.0 < q["ks_floor"] and 0.0 <= q["tarp_max_dev"] <= 1.0 and 0.0 <= q["tarp_floor"] <= 1.0
 
 
 def test_damaged_latest_checkpoint_falls_back_to_previous(trained, tmp_path):

@@ -65,6 +65,14 @@ def train_from_config(config, workdir: str, *, mesh=None):
         return data.get_batch(source, step, seed=seed, batch_size=batch_size, augment=augment)
 
     shape = (config.data.npix, config.data.npix, config.data.channels)
+    quality_data = None
+    if t.quality_every > 0:  # the held-out split, which training never sees
+        held_out = data.load_source(
+            config.data.name, os.path.expanduser(config.data.data_dir), split="validation",
+            npix=config.data.npix, channels=config.data.channels,
+            manual_dir=os.path.expanduser(config.data.manual_dir) or None, count=config.data.count,
+            normalization=None if config.data.normalization == "auto" else config.data.normalization)
+        quality_data = data.all_images(held_out)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -81,7 +89,9 @@ def train_from_config(config, workdir: str, *, mesh=None):
             steps=t.steps, batch_size=batch_size, seed=seed, t_min=t.t_min,
             ema_decay=t.ema_decay, checkpoint_every=t.checkpoint_every,
             keep_checkpoints=t.keep_checkpoints, log_every=t.log_every,
-            grid_samples=t.grid_samples, grid_steps=t.grid_steps),
+            grid_samples=t.grid_samples, grid_steps=t.grid_steps, quality_every=t.quality_every,
+            quality_samples=t.quality_samples),
         workdir=workdir,
         mesh=mesh,
+        quality_data=quality_data,
     )

@@ -36,6 +36,7 @@ from jaxlens.diagnostics.morphology import (
     morphology_ks,
     total_flux,
 )
+from jaxlens.diagnostics.prior_quality import prior_quality
 from jaxlens.diagnostics.tarp import (
     coverage_bias,
     max_calibration_error,
@@ -45,6 +46,7 @@ from jaxlens.diagnostics.tarp import (
 )
 
 __all__ = [
+    "prior_quality",
     "Morphology",
     "RegionStats",
     "centroid",
