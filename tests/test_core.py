@@ -13,7 +13,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from jaxlens.lensing import Geometry, LensParams, lens_operator, render, simulate
+from jaxlens.lensing import LensParams, lens_operator, render, simulate
 from jaxlens.reference import gaussian_prior_score, smooth_gaussian_prior
 from jaxlens.sample import (
     DPS,
@@ -29,9 +29,8 @@ from jaxlens.sample import (
 )
 from jaxlens.sde import VESDE
 
-SHAPE = (16, 16, 1)
-GEOM = Geometry(src_npix=16, src_fov=2.0, fine_npix=32, img_fov=3.0, pool=2)
-LENS = LensParams(1.0, 0.1, -0.05, 0.02, -0.03, 0.02, 0.01)
+from test_sample import GEOM, LENS, SHAPE  # noqa: E402 (the 16² problem of the sampler tests)
+
 SDE = VESDE(1e-2, 20.0)
 PRIOR = smooth_gaussian_prior(SHAPE, length_scale=2.0, std=0.5)
 SCORE = gaussian_prior_score(PRIOR, SDE)
