@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-RUN = dict(n_chains=10, n_steps=120, chunk_size=6, progress=False)
+RUN = dict(n_chains=10, n_steps=120, chunk_size=6, progress=False, likelihood="eq19")
 
 
 def problem():

@@ -40,26 +40,29 @@ def test_shipped_prior_loads_and_matches_its_config():
     assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(prior.params))
 
 
-def test_calibrated_config_is_the_default_with_the_coverage_settings():
+def test_default_is_calibrated_and_paper_config_is_the_papers_eq19():
     sys.path.insert(0, REPO)
-    from configs import calibrated_64, procedural_64
+    from configs import paper_64, procedural_64
     from jaxlens.cli import common
-    from jaxlens.sample import Tweedie
+    from jaxlens.sample import Eq19, Tweedie
 
-    calibrated, default = calibrated_64.get_config().to_dict(), procedural_64.get_config().to_dict()
-    changed = {k for k in default["sampling"] if calibrated["sampling"][k] != default["sampling"][k]}
-    assert changed == {"likelihood", "n_steps"}  # the Lanczos options are the library's defaults
-    calibrated.pop("sampling"), default.pop("sampling")
-    assert calibrated == default  # the same prior, lens and data: it runs on the shipped checkpoint
-    options = common.sampling_options(calibrated_64.get_config())
-    # The settings of the coverage study (tweedie at N = 200, Lanczos cap 5, tolerance 1e-4).
+    paper, default = paper_64.get_config().to_dict(), procedural_64.get_config().to_dict()
+    changed = {k for k in default["sampling"] if paper["sampling"][k] != default["sampling"][k]}
+    assert changed == {"likelihood", "n_steps"}
+    paper.pop("sampling"), default.pop("sampling")
+    assert paper == default  # the same prior, lens and data: both run on the shipped checkpoint
+    # The default: the settings of the coverage study (tweedie at N = 200, Lanczos cap 5, tolerance 1e-4).
+    options = common.sampling_options(procedural_64.get_config())
     assert (options.likelihood, options.n_steps) == (Tweedie(lanczos_cap=5, lanczos_tol=1e-4), 200)
+    # The paper: eq. 19 at Technique 2's N (0: chosen per lens, with the eq. 19 stability bound).
+    options = common.sampling_options(paper_64.get_config())
+    assert (options.likelihood, options.n_steps, options.confidence) == (Eq19(), 0, 0.97)
 
 
 def test_short_default_run_writes_every_output(tmp_path):
     out = tmp_path / "out"
-    # 120 steps: just above the Euler–Maruyama bound of this lens (111), below which chains blow up.
-    r = _sample(f"--out={out}", "--config.sampling.n_chains=2", "--config.sampling.n_steps=120",
+    # The default (tweedie) at 100 steps, the fewest measured stable on held-out lenses.
+    r = _sample(f"--out={out}", "--config.sampling.n_chains=2", "--config.sampling.n_steps=100",
                 "--config.sampling.chunk_size=2")
     assert r.returncode == 0, r.stderr[-3000:]
     for name in OUTPUTS:
@@ -67,17 +70,18 @@ def test_short_default_run_writes_every_output(tmp_path):
     with fits.open(out / "samples.fits") as h:
         assert h[0].data.shape == (2, 64, 64)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_chains"] == 2 and summary["n_steps"] == 120 and len(summary["chi2_nu"]) == 2
+    assert summary["n_chains"] == 2 and summary["n_steps"] == 100 and len(summary["chi2_nu"]) == 2
+    assert summary["settings"]["likelihood"] == "tweedie" and summary["settings"]["lanczos_cap"] == 5
     assert summary["diverged_chains"] == [] and max(summary["chi2_nu"]) < 2
     assert summary["devices"]["count"] == 1 and summary["wall_time_s"] > 0
     assert "sampling (compile included)" in r.stdout
     # Chunks live in out/chunks, where --overwrite deletes them: a rerun recomputes instead of reloading.
     assert sorted(p.name for p in (out / "chunks").iterdir()) == ["chunk_00000.npz", "manifest.json"]
-    r = _sample(f"--out={out}", "--overwrite", "--config.sampling.n_chains=2", "--config.sampling.n_steps=120",
+    r = _sample(f"--out={out}", "--overwrite", "--config.sampling.n_chains=2", "--config.sampling.n_steps=100",
                 "--config.sampling.chunk_size=2")
     assert r.returncode == 0, r.stderr[-3000:]
     again = json.loads((out / "summary.json").read_text())
-    assert again["timings_s"]["sampling_s"] > 1.0  # 240 chain-steps with compilation: not a reload
+    assert again["timings_s"]["sampling_s"] > 1.0  # 200 chain-steps with compilation: not a reload
     assert again["chi2_nu"] == summary["chi2_nu"]  # the same seeds: the same samples
 
 

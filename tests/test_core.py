@@ -68,7 +68,7 @@ def test_jit_of_a_user_function_that_simulates_and_samples_from_traced_lens_para
         k_obs, k_sample = jax.random.split(key)
         y = simulate(k_obs, SOURCE, lens, GEOM, 0.05)
         obs = observe(y, 0.05, lens=lens, geometry=GEOM)
-        samples = posterior_chains(k_sample, SCORE, obs, SDE, n_chains=4, n_steps=200)
+        samples = posterior_chains(k_sample, SCORE, obs, SDE, likelihood=Eq19(), n_chains=4, n_steps=200)
         chi2 = jnp.mean(jnp.square(jax.vmap(lambda x: y - render(x, lens, GEOM))(samples)))
         return samples, chi2 / 0.05**2
 
@@ -107,7 +107,7 @@ def test_grad_of_the_posterior_score_wrt_each_lens_parameter_matches_finite_diff
 def test_grad_through_a_whole_posterior_run_matches_finite_differences():
     def mean_flux(theta_e, y):
         obs = observe(y, 0.05, lens=LENS._replace(theta_e=theta_e), geometry=GEOM)
-        samples = posterior_chains(jax.random.key(2), SCORE, obs, SDE, n_chains=2, n_steps=20)
+        samples = posterior_chains(jax.random.key(2), SCORE, obs, SDE, likelihood=Eq19(), n_chains=2, n_steps=20)
         return jnp.mean(samples)
 
     with jax.enable_x64(True):

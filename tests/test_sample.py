@@ -329,7 +329,7 @@ def test_layout_independence(lens):
     y = _observe(prior, M, 0.05)
     one, eight = data_mesh(jax.devices()[:1]), data_mesh(jax.devices())
     assert eight.devices.size == 8
-    run = dict(n_chains=10, n_steps=120, progress=False)
+    run = dict(n_chains=10, n_steps=120, progress=False, likelihood=Eq19())
     a = sample_posterior(jax.random.key(7), score, y, A, AT, 0.05, SDE, mesh=one, **run)
     b = sample_posterior(jax.random.key(7), score, y, A, AT, 0.05, SDE, mesh=eight, **run)
     # Same randomness; only the float32 rounding of batched reductions may differ.
@@ -348,7 +348,7 @@ def test_resume_after_interruption(lens, tmp_path):
     prior = isotropic_gaussian_prior(SHAPE)
     score = gaussian_prior_score(prior, SDE)
     y = _observe(prior, M, 0.1)
-    run = dict(n_chains=10, n_steps=150, chunk_size=4, progress=False)
+    run = dict(n_chains=10, n_steps=150, chunk_size=4, progress=False, likelihood=Eq19())
     # Uninterrupted reference, with the scan split into segments for the progress bar.
     full = sample_posterior(jax.random.key(2), score, y, A, AT, 0.1, SDE, **dict(run, progress=True))
 
@@ -389,7 +389,7 @@ def test_no_nan_over_8000_float32_steps():
     x = gaussian_prior_sample(jax.random.key(0), prior, 1)[0]
     y = simulate(jax.random.key(1), x, LENS, geom, 0.05)
     samples = sample_posterior(jax.random.key(2), gaussian_prior_score(prior, sde), y, A, AT, 0.05,
-                               sde, 2, 8000, progress=False, mesh=data_mesh(jax.devices()[:1]))
+                               sde, 2, 8000, likelihood=Eq19(), progress=False, mesh=data_mesh(jax.devices()[:1]))
     assert samples.dtype == np.float32 and np.all(np.isfinite(samples))
     resid = (np.asarray(jax.vmap(A)(samples)) - np.asarray(y)[None]) / 0.05
     assert np.sqrt(np.mean(resid**2)) < 3.0  # fits the data to the noise level

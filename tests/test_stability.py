@@ -13,7 +13,7 @@ from jaxlens.diagnostics import metrics
 from jaxlens.lensing import Geometry, LensParams, lens_operator, normal_operator_norm
 from jaxlens.reconstruct import DivergedError, SamplingOptions, _write_outputs, n_steps_for, simulated_problem
 from jaxlens.reference import dense_operator, gaussian_prior_score, isotropic_gaussian_prior
-from jaxlens.sample import Tweedie, sample_posterior
+from jaxlens.sample import Eq19, Tweedie, sample_posterior
 from jaxlens.sde import VESDE, stable_steps
 
 GEOM = Geometry(src_npix=16, src_fov=2.0, fine_npix=32, img_fov=3.0, pool=2)
@@ -34,7 +34,7 @@ def _run(lam, n_steps):
     A = lambda x: math.sqrt(lam) * x  # noqa: E731
     score = gaussian_prior_score(isotropic_gaussian_prior(SHAPE), SDE)
     return sample_posterior(jax.random.key(0), score, jnp.zeros(SHAPE), A, A, 0.05, SDE, 8, n_steps,
-                            progress=False)
+                            likelihood=Eq19(), progress=False)
 
 
 def test_euler_maruyama_diverges_below_the_bound_and_not_above(lam=12.0):
@@ -87,11 +87,23 @@ def test_n_steps_for_respects_the_bound():
     shape = (16, 16, 1)
     stiff = 400.0
     need = stable_steps(stiff, SDE.sigma_min, SDE.sigma_max)
-    auto = n_steps_for(SamplingOptions(n_steps=0), Prior, shape, stiff)
-    assert auto >= need and n_steps_for(SamplingOptions(n_steps=0), Prior, shape) < need
+    eq19 = Eq19()
+    auto = n_steps_for(SamplingOptions(n_steps=0, likelihood=eq19), Prior, shape, stiff)
+    assert auto >= need and n_steps_for(SamplingOptions(n_steps=0, likelihood=eq19), Prior, shape) < need
     with pytest.warns(UserWarning, match="below the .* steps that keep Euler–Maruyama stable"):
-        n_steps_for(SamplingOptions(n_steps=need - 1), Prior, shape, stiff)
+        n_steps_for(SamplingOptions(n_steps=need - 1, likelihood=eq19), Prior, shape, stiff)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        n_steps_for(SamplingOptions(n_steps=need), Prior, shape, stiff)
+        n_steps_for(SamplingOptions(n_steps=need, likelihood=eq19), Prior, shape, stiff)
         n_steps_for(SamplingOptions(n_steps=need - 1, likelihood=Tweedie()), Prior, shape, stiff)
+
+
+def test_tweedie_warns_only_below_the_steps_measured_stable():
+    class Prior:
+        sde = SDE
+
+    with pytest.warns(UserWarning, match="measured stable"):
+        n_steps_for(SamplingOptions(n_steps=50, likelihood=Tweedie()), Prior, (16, 16, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Technique 2 gives N = 200 a confidence near 0 here: not a warning
+        n_steps_for(SamplingOptions(n_steps=200, likelihood=Tweedie()), Prior, (64, 64, 1))

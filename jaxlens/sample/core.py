@@ -1,6 +1,6 @@
 """The pure sampling core: a batch of reverse-SDE chains for one observation, as one function.
 
-  samples = posterior_chains(key, prior_score, obs, sde, likelihood=Eq19(), n_chains=8, n_steps=1000)
+  samples = posterior_chains(key, prior_score, obs, sde, likelihood=Tweedie(), n_chains=8, n_steps=200)
   samples = prior_chains(key, prior_score, sde, (64, 64, 1), n_chains=8, n_steps=1000)
 
 Both are pure functions of their array arguments (the key, the observation's y, noise
@@ -23,7 +23,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxlens.sample.likelihood import Eq19, Likelihood, posterior_score
+from jaxlens.sample.likelihood import Likelihood, Tweedie, posterior_score
 from jaxlens.sample.observation import Observation
 from jaxlens.sample.solvers import EulerMaruyama, Solver, integrate, tweedie_denoise
 from jaxlens.sde import VESDE
@@ -86,7 +86,7 @@ def posterior_chains(
     observation: Observation,
     sde: VESDE,
     *,
-    likelihood: Likelihood = Eq19(),
+    likelihood: Likelihood = Tweedie(),
     n_chains: int,
     n_steps: int,
     solver: Solver = EulerMaruyama(),
@@ -99,7 +99,7 @@ def posterior_chains(
       prior_score: prior score of ONE state, prior_score(x [H, W, C], t scalar) → [H, W, C].
       observation: from `observe(y, sigma_n, lens=..., geometry=...)` or `observe(..., A=, AT=)`.
       sde: the VE SDE of the prior.
-      likelihood: Eq19() (the paper), Eq12(), Tweedie() or DPS().
+      likelihood: Tweedie() (calibrated, the default), Eq19() (the paper's), Eq12() or DPS().
       n_chains: number of independent chains (samples), a Python int.
       n_steps: N, Euler–Maruyama steps from t = 1 to t = 0, a Python int.
       solver: EulerMaruyama(), PredictorCorrector(...) or ProbabilityFlow(...).

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from jaxlens.mesh import data_mesh
 from jaxlens.sample.chunks import ChunkStore, array_digest
 from jaxlens.sample.core import advance_chains, denoise_chains, init_chains
-from jaxlens.sample.likelihood import Eq19, Likelihood, likelihood_from_name, posterior_score
+from jaxlens.sample.likelihood import Likelihood, Tweedie, likelihood_from_name, posterior_score
 from jaxlens.sample.observation import Observation, observe
 from jaxlens.sample.solvers import EulerMaruyama, Solver
 from jaxlens.sde import VESDE
@@ -265,7 +265,7 @@ def sample_posterior(
     n_chains: int,
     n_steps: int,
     *,
-    likelihood: Likelihood | str = Eq19(),
+    likelihood: Likelihood | str = Tweedie(),
     mask: jax.typing.ArrayLike | None = None,
     solver: Solver = EulerMaruyama(),
     denoise: bool = False,
@@ -290,8 +290,8 @@ def sample_posterior(
       sde: the VE SDE.
       n_chains: number of posterior samples.
       n_steps: N, steps from t = 1 to t = 0.
-      likelihood: a term (Eq19(), Eq12(...), Tweedie(...), DPS()) or its name, which
-        takes that term's default options.
+      likelihood: a term (Tweedie(...), the calibrated default; Eq19(), the paper's; Eq12(...);
+        DPS()) or its name, which takes that term's default options.
       mask: optional boolean array broadcastable to y; True marks ignored pixels.
       solver, denoise, chunk_size, out_dir, mesh, progress, on_chunk, tag: as in `sample_prior`.
 
@@ -328,7 +328,7 @@ def sample_observations(
     observations: list[Observation],
     sde: VESDE,
     *,
-    likelihood: Likelihood | None = Eq19(),
+    likelihood: Likelihood | None = Tweedie(),
     n_chains: int,
     n_steps: int,
     batch: int = 1,
