@@ -79,7 +79,8 @@ def test_jit_of_a_user_function_that_simulates_and_samples_from_traced_lens_para
     np.testing.assert_array_equal(samples, again)
 
 
-@pytest.mark.parametrize("likelihood", [Eq19(), Tweedie(lanczos_cap=8), DPS()], ids=lambda t: t.name)
+@pytest.mark.parametrize("likelihood", [Eq19(), Tweedie(lanczos_cap=8, differentiable=True), DPS()],
+                         ids=lambda t: t.name)
 def test_grad_of_the_posterior_score_wrt_each_lens_parameter_matches_finite_differences(likelihood):
     with jax.enable_x64(True):
         y = simulate(jax.random.key(1), SOURCE.astype(jnp.float64), LENS, GEOM, 0.05)
@@ -173,3 +174,12 @@ def test_sample_observations_batches_the_core_with_one_key_per_observation():
         alone = posterior_chains(jax.random.fold_in(key, 4 + k), SCORE, obs[k], SDE, likelihood=Tweedie(),
                                  n_chains=2, n_steps=50)
         np.testing.assert_allclose(got[k], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_the_differentiable_tweedie_term_has_the_same_value():
+    y = simulate(jax.random.key(1), SOURCE, LENS, GEOM, 0.05)
+    obs = observe(y, 0.05, lens=LENS, geometry=GEOM)
+    x = SOURCE + 0.1 * jax.random.normal(jax.random.key(2), SHAPE)
+    fast, fixed = (Tweedie(lanczos_cap=8, differentiable=d).score(SCORE, obs, x, jnp.float32(0.4), SDE)
+                   for d in (False, True))
+    np.testing.assert_allclose(fixed, fast, rtol=1e-5, atol=1e-6)

@@ -53,13 +53,14 @@ def _round_robin(m: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ps), np.asarray(qs)
 
 
-def jacobi_eigh(a: jax.Array, *, max_sweeps: int = 10) -> tuple[jax.Array, jax.Array]:
+def jacobi_eigh(a: jax.Array, *, max_sweeps: int = 10, fixed_iterations: bool = False) -> tuple[jax.Array, jax.Array]:
     """(eigenvalues, eigenvectors as columns) of a small symmetric matrix by parallel Jacobi rotations.
 
     Pure jnp: `jnp.linalg.eigh` is a LAPACK call on the CPU, and such calls inside the sampler's
     loops deadlock XLA:CPU when several host devices share the cores. Each round applies m/2
     disjoint rotations at once; sweeps repeat until the off-diagonal part is at rounding level.
-    Eigenvalues are not sorted.
+    Eigenvalues are not sorted. `fixed_iterations` runs all `max_sweeps` (skipping those after
+    convergence), which reverse-mode differentiation needs.
     """
     k = a.shape[0]
     m = k + k % 2
@@ -98,7 +99,8 @@ def jacobi_eigh(a: jax.Array, *, max_sweeps: int = 10) -> tuple[jax.Array, jax.A
         a, _, n = state
         return (n < max_sweeps) & (off(a) > 4 * eps * jnp.linalg.norm(a))
 
-    a, v, _ = _bounded_while(unfinished, sweep, (a, jnp.eye(m, dtype=a.dtype), jnp.int32(0)), max_sweeps)
+    loop = (lambda c, b, s: _bounded_while(c, b, s, max_sweeps)) if fixed_iterations else jax.lax.while_loop
+    a, v, _ = loop(unfinished, sweep, (a, jnp.eye(m, dtype=a.dtype), jnp.int32(0)))
     return jnp.diag(a)[:k], v[:k, :k]
 
 
@@ -106,8 +108,10 @@ def _bounded_while(cond, body, state, max_iter: int):
     """`lax.while_loop(cond, body, state)` for loops known to stop within `max_iter` passes.
 
     A scan of `max_iter` passes that skips `body` once `cond` is false: the same result, and,
-    unlike a while loop, differentiable in reverse mode (jax.grad through the Tweedie likelihood
-    with respect to the lens).
+    unlike a while loop, differentiable in reverse mode. It never stops early: under vmap the skip
+    becomes a select, so every pass costs a full `body`. Both loops of the solve (Lanczos and the
+    eigen-solve's sweeps) use it only when asked (`fixed_iterations`): the Lanczos body is a
+    Jacobian product of the network, and a while loop stops as soon as every chain has converged.
     """
 
     def step(s, _):
@@ -116,7 +120,7 @@ def _bounded_while(cond, body, state, max_iter: int):
     return jax.lax.scan(step, state, None, length=max_iter)[0]
 
 
-def _subspace_solve(projected, k, norm_b, floor):
+def _subspace_solve(projected, k, norm_b, floor, fixed_iterations=False):
     """Coefficients in the first k Lanczos vectors of ‖b‖ T⁺⁻¹ e₁ and of ‖b‖ T₊⁻¹ e₁.
 
     T is the symmetric part of the projected operator Vᵀ op V. T⁺ has its eigenvalues below
@@ -129,7 +133,7 @@ def _subspace_solve(projected, k, norm_b, floor):
     # The unused block is a multiple of the identity above the floor: its Ritz values are never
     # clipped and carry no weight, since e₁ has no component there.
     t = jnp.where(block, 0.5 * (projected + projected.T), jnp.diag(jnp.where(used, 0.0, jnp.maximum(floor, 1.0))))
-    lam, Q = jacobi_eigh(t)
+    lam, Q = jacobi_eigh(t, fixed_iterations=fixed_iterations)
     weight = Q[0] * norm_b
     raised = Q @ (weight / jnp.maximum(lam, floor))
     kept = lam >= floor
@@ -146,6 +150,7 @@ def clipped_lanczos_solve(
     tol: float = 1e-5,
     maxiter: int = 20,
     has_aux: bool = False,
+    fixed_iterations: bool = False,
 ):
     """Approximately solves op(u) = b for a symmetric `op` with spectrum meant to be ≥ floor · diag.
 
@@ -163,6 +168,8 @@ def clipped_lanczos_solve(
         with G = C Aᵀ, it is the gain C Aᵀ op⁻¹ b with C projected onto the directions where the
         operator says it is positive: where C has negative curvature the gain is zero, as it
         would be for C = 0, rather than the 1/floor amplification that raising gives.
+      fixed_iterations: run the loop as a fixed-length scan (the same result, no early exit), which
+        `jax.grad` can differentiate; a while loop (the default) stops as soon as it converges.
 
     Returns:
       (u, KrylovInfo), or (u, G u₊, KrylovInfo) with `has_aux`.
@@ -223,8 +230,11 @@ def clipped_lanczos_solve(
     zero = jnp.zeros((), dtype)
     init = (jnp.int32(0), V0, G0, jnp.zeros((maxiter, maxiter), dtype), jnp.zeros(maxiter + 1, dtype), zero + 1,
             zero, jnp.asarray(False), jnp.asarray(jnp.inf, dtype))
-    k, V, G, P, *_ = _bounded_while(cond, body, init, maxiter)
-    raised, removed, clipped = _subspace_solve(P, k, norm_b, floor)
+    if fixed_iterations:
+        k, V, G, P, *_ = _bounded_while(cond, body, init, maxiter)
+    else:
+        k, V, G, P, *_ = jax.lax.while_loop(cond, body, init)
+    raised, removed, clipped = _subspace_solve(P, k, norm_b, floor, fixed_iterations)
     u = (scale * (V[:maxiter].T @ raised)).reshape(b.shape)
     info = KrylovInfo(k, clipped)
     if not has_aux:
