@@ -10,9 +10,10 @@ reductions whose vectorisation depends on the number of chains per device
 Chains are processed in chunks of `chunk_size`. A chunk is padded to a multiple
 of the device count, sharded along the mesh axis 'data' (which may span several
 processes under `jax.distributed`), and integrated by a `shard_map` of the core's
-`advance_chains`, in ~100 segments when a progress bar is shown. With `out_dir`, process 0 writes each finished chunk at once
-(see `chunks.ChunkStore`), and a rerun with the same settings loads finished
-chunks instead of recomputing them. Only process 0 touches the disk, so the
+`advance_chains`, in ~100 segments when a progress bar is shown. With `out_dir`,
+process 0 writes each finished chunk at once to out_dir/chunks (see
+`chunks.ChunkStore`), and a rerun with the same settings loads finished chunks
+instead of recomputing them. Only process 0 touches the disk, so the
 processes need no shared filesystem; every process returns all samples.
 """
 
