@@ -63,12 +63,14 @@ class _Term:
     def score(self, prior_score: ScoreFn | None, obs: Observation, x: jax.Array, t: jax.Array,
               sde: VESDE) -> jax.Array:
         """∇_x log p_t(y | x_t) at one state x [H, W, C] and time t (scalar)."""
+        obs = obs.bind()  # trace the lens once per call, not once per operator application
         _check_state(obs, x)
         return self._terms(prior_score, obs, x, t, sde)[0]
 
     def posterior_score(self, prior_score: ScoreFn, obs: Observation, x: jax.Array, t: jax.Array,
                         sde: VESDE) -> jax.Array:
         """Prior score plus likelihood score at one state, evaluating the prior only once."""
+        obs = obs.bind()
         _check_state(obs, x)
         lik, prior = self._terms(prior_score, obs, x, t, sde)
         return (prior_score(x, t) if prior is None else prior) + lik
