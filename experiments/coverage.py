@@ -46,6 +46,7 @@ import numpy as np
 from configs import procedural_64
 from jaxlens import io
 from jaxlens.cli import common
+from jaxlens.cli.throughput import seconds_per_state
 from jaxlens.diagnostics import coverage_bias, coverage_plot, max_calibration_error, metrics, tarp_bootstrap
 from jaxlens.lensing import lens_operator
 from jaxlens.prior import load_prior
@@ -69,15 +70,6 @@ def term_of(mode: str, solve_cap: int):
     if mode == "tweedie":
         return Tweedie(lanczos_cap=solve_cap)
     return likelihood_from_name(mode)
-
-
-def seconds_per_state(fn, x, t, reps: int = 3) -> float:
-    """Wall time of a jitted batched fn(x [B, ...], t) per state, after a warm-up call."""
-    fn(x, t).block_until_ready()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn(x, t).block_until_ready()
-    return (time.perf_counter() - t0) / (reps * x.shape[0])
 
 
 def step_cost(prior, term, obs, shape, batch: int, t: float = 0.5) -> tuple[float, float]:

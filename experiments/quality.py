@@ -42,6 +42,7 @@ from matplotlib.figure import Figure
 from configs import procedural_64
 from jaxlens import io
 from jaxlens.cli import common
+from jaxlens.cli.throughput import seconds_per_state
 from jaxlens.data import (HELD_OUT_SEED_START, VALIDATION_SEED_START, procedural_galaxies,
                           procedural_galaxy)
 from jaxlens.data.ood import seven_source
@@ -57,15 +58,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADING = "## Quality at 64² (shipped prior)"
 KS_STATS = (("flux", "total flux"), ("r50", "half-light radius (px)"),
             ("concentration", "concentration C"), ("e", "ellipticity |e|"))
-
-
-def seconds_per_state(fn, x, t, reps: int = 3) -> float:
-    """Wall time of a jitted batched score fn(x [B, ...], t) per state, after a warm-up call."""
-    fn(x, t).block_until_ready()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn(x, t).block_until_ready()
-    return (time.perf_counter() - t0) / reps / x.shape[0]
 
 
 def eval_rate(prior, shape, batch: int) -> float:

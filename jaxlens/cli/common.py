@@ -117,18 +117,17 @@ def lens_params(config: ml_collections.ConfigDict):
     return LensParams(*(float(config.lens[k]) for k in LensParams._fields))
 
 
-_LIKELIHOOD_OPTIONS = {"eq19": (), "eq12": ("cg_tol", "cg_maxiter"), "tweedie": ("lanczos_cap", "lanczos_tol"),
-                       "dps": ()}
-
-
 def likelihood(config: ml_collections.ConfigDict):
-    """The likelihood term named by `sampling.likelihood`, with the options that belong to it."""
-    from jaxlens.sample import likelihood_from_name
+    """The likelihood term named by `sampling.likelihood`, with those of its fields the config sets."""
+    import dataclasses
+
+    from jaxlens.sample import LIKELIHOODS, likelihood_from_name
 
     s = config.sampling
-    if s.likelihood not in _LIKELIHOOD_OPTIONS:
-        raise ValueError(f"unknown sampling.likelihood {s.likelihood!r}; choose one of {tuple(_LIKELIHOOD_OPTIONS)}")
-    return likelihood_from_name(s.likelihood, **{k: s[k] for k in _LIKELIHOOD_OPTIONS[s.likelihood]})
+    if s.likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown sampling.likelihood {s.likelihood!r}; choose one of {tuple(LIKELIHOODS)}")
+    fields = (f.name for f in dataclasses.fields(LIKELIHOODS[s.likelihood]))
+    return likelihood_from_name(s.likelihood, **{k: s[k] for k in fields if k in s})
 
 
 def sampling_options(config: ml_collections.ConfigDict):

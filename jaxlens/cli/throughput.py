@@ -22,9 +22,18 @@ from jaxlens.sample import integrate, likelihood_from_name, observe, posterior_s
 from jaxlens.sde import VESDE
 from jaxlens.train import OptimizerSpec, create_train_state, make_train_step
 
-__all__ = ["ThroughputProblem", "median_time", "peak_bytes", "time_train_config", "xla_cost"]
+__all__ = ["ThroughputProblem", "median_time", "peak_bytes", "seconds_per_state", "time_train_config", "xla_cost"]
 
 PAPER_SIGMA_MAX = 380.0  # the paper's VE SDE at 256²; only the noise scale of the states
+
+
+def seconds_per_state(fn, x, t, reps: int = 3) -> float:
+    """Mean wall time per state of a jitted batched fn(x [B, ...], t), after a warm-up call."""
+    fn(x, t).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn(x, t).block_until_ready()
+    return (time.perf_counter() - t0) / (reps * x.shape[0])
 
 
 def median_time(fn, repeats: int) -> float:

@@ -10,7 +10,6 @@ then spans the mesh over every device of every process.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -42,13 +41,16 @@ def train_from_config(config, workdir: str, *, mesh=None):
     from jaxlens import data, train
     from jaxlens.sde import VESDE, sigma_max_from_data
 
+    def open_split(split: str):
+        return data.load_source(
+            config.data.name, os.path.expanduser(config.data.data_dir), split=split,
+            npix=config.data.npix, channels=config.data.channels,
+            manual_dir=os.path.expanduser(config.data.manual_dir) or None,
+            count=config.data.count,
+            normalization=None if config.data.normalization == "auto" else config.data.normalization)
+
     t0 = time.perf_counter()
-    source = data.load_source(
-        config.data.name, os.path.expanduser(config.data.data_dir), split="train",
-        npix=config.data.npix, channels=config.data.channels,
-        manual_dir=os.path.expanduser(config.data.manual_dir) or None,
-        count=config.data.count,
-        normalization=None if config.data.normalization == "auto" else config.data.normalization)
+    source = open_split("train")
     log.info("data: %s, %d images of %dx%d (%.1fs)", config.data.name, len(source),
              config.data.npix, config.data.npix, time.perf_counter() - t0)
 
@@ -67,12 +69,7 @@ def train_from_config(config, workdir: str, *, mesh=None):
     shape = (config.data.npix, config.data.npix, config.data.channels)
     quality_data = None
     if t.quality_every > 0:  # the held-out split, which training never sees
-        held_out = data.load_source(
-            config.data.name, os.path.expanduser(config.data.data_dir), split="validation",
-            npix=config.data.npix, channels=config.data.channels,
-            manual_dir=os.path.expanduser(config.data.manual_dir) or None, count=config.data.count,
-            normalization=None if config.data.normalization == "auto" else config.data.normalization)
-        quality_data = data.all_images(held_out)
+        quality_data = data.all_images(open_split("validation"))
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:

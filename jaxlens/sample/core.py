@@ -28,9 +28,16 @@ from jaxlens.sample.observation import Observation
 from jaxlens.sample.solvers import EulerMaruyama, Solver, integrate, tweedie_denoise
 from jaxlens.sde import VESDE
 
-__all__ = ["advance_chains", "chain_keys", "denoise_chains", "init_chains", "posterior_chains", "prior_chains"]
+__all__ = ["advance_chains", "chain_keys", "check_key", "denoise_chains", "init_chains", "posterior_chains",
+           "prior_chains"]
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def check_key(key: jax.Array) -> None:
+    """Raises unless `key` is one typed PRNG key, the only kind the chain keys are defined for."""
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape != ():
+        raise ValueError("key must be a single typed PRNG key from jax.random.key(seed)")
 
 
 def chain_keys(key: jax.Array, index: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
@@ -71,8 +78,7 @@ def _check_counts(n_chains, n_steps) -> None:
 
 def _chains(key, score_fn, sde, shape, dtype, n_chains, n_steps, solver, denoise) -> jax.Array:
     _check_counts(n_chains, n_steps)
-    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape != ():
-        raise ValueError("key must be a single typed PRNG key from jax.random.key(seed)")
+    check_key(key)
     index = jnp.arange(n_chains, dtype=jnp.int32)
     x = init_chains(key, index, sde, tuple(shape), dtype)
     x = advance_chains(key, index, x, score_fn, sde, jnp.arange(n_steps, dtype=jnp.int32), n_steps,

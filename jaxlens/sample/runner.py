@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from jaxlens.mesh import data_mesh
 from jaxlens.sample.chunks import ChunkStore, array_digest
-from jaxlens.sample.core import advance_chains, denoise_chains, init_chains
+from jaxlens.sample.core import advance_chains, check_key, denoise_chains, init_chains
 from jaxlens.sample.likelihood import Likelihood, Tweedie, likelihood_from_name, posterior_score
 from jaxlens.sample.observation import Observation, observe
 from jaxlens.sample.solvers import EulerMaruyama, Solver
@@ -139,8 +139,7 @@ def _run(
     key, score_fn, likelihood, obs, sde, shape, dtype, n_chains, n_steps, *, solver, denoise, chunk_size,
     out_dir, mesh, progress, on_chunk, settings,
 ) -> np.ndarray:
-    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape != ():
-        raise ValueError("key must be a single typed PRNG key from jax.random.key(seed)")
+    check_key(key)
     chunk_size = _check_counts(n_chains, n_steps, chunk_size)
     mesh = data_mesh() if mesh is None else mesh
     if tuple(mesh.axis_names) != ("data",):
