@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
     m.skip_rescale = True
     m.fourier_scale = 16.0
     m.init_scale = 0.0
+    # EDM preconditioning (c_in, c_skip, c_out) around a data std: "none" (score_sde's ε-network),
+    # "auto" (the pixel standard deviation of the training set) or a number, e.g. "0.04".
+    m.sigma_data = "none"
     m.dtype = "float32"  # compute dtype: float32 | bfloat16
 
     # VE SDE. sigma_max: "auto" (largest pairwise distance in the training set) or a number.
@@ -52,6 +55,12 @@ def get_config() -> ml_collections.ConfigDict:
     t.grad_clip = 1.0
     t.ema_decay = 0.999
     t.t_min = 1e-5
+    # Noise levels of the loss: uniform_t (t ~ U(t_min, 1), score_sde) | lognormal (ln σ ~
+    # N(ln σ_data + p_mean, p_std²), EDM; needs model.sigma_data). A preconditioned network's loss
+    # takes EDM's weighting.
+    t.noise_levels = "uniform_t"
+    t.p_mean = 0.0
+    t.p_std = 2.0
     t.checkpoint_every = 5000
     t.keep_checkpoints = 3
     t.log_every = 50

@@ -255,6 +255,19 @@ def test_deterministic_without_train_and_dropout_with_it(tiny):
     assert float(jnp.max(jnp.abs(d1 - a))) > 1e-3
 
 
+def test_edm_preconditioning_at_init_is_the_exact_gaussian_score():
+    # With zero-init output layers F ≈ 0, so D = c_skip x and ε = −σ x/(σ² + σ_d²): the exact ε of
+    # N(0, σ_d² I) data, at small and large σ alike (no cancellation at σ = 1e-4).
+    sd = 0.3
+    model = NCSNpp(**TINY, sigma_data=sd)
+    x = jax.random.normal(jax.random.key(1), (3, SIZE, SIZE, 1))
+    sigma = jnp.array([1e-4, 0.3, 50.0])
+    out, _ = jax.jit(lambda k: model.init_with_output(k, x, sigma))(jax.random.key(0))
+    s = sigma[:, None, None, None]
+    # F is ~1e-5, not 0, at init (the output pyramid), hence atol.
+    np.testing.assert_allclose(out, -s * x / (s**2 + sd**2), rtol=1e-4, atol=1e-4)
+
+
 def test_output_depends_on_sigma(tiny):
     _, params, x, sigma, apply = tiny
     out = apply(params, x, sigma)
@@ -337,7 +350,7 @@ def test_bad_inputs_raise_value_error(model, shape, sigma_shape, match):
 @pytest.mark.parametrize(
     "field, value",
     [("resblock_type", "ddpm++"), ("progressive", "skip"), ("progressive_combine", "max"),
-     ("ch_mult", ()), ("dropout", 1.0)],
+     ("ch_mult", ()), ("dropout", 1.0), ("sigma_data", -0.1)],
 )
 def test_bad_fields_raise_value_error(field, value):
     with pytest.raises(ValueError, match=field):

@@ -16,11 +16,13 @@ import pytest
 from jaxlens.sde import VESDE
 from jaxlens.train import (
     CheckpointError,
+    DSMRecipe,
     OptimizerSpec,
     create_train_state,
     data_mesh,
     dsm_loss,
     make_train_step,
+    validation_loss,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +47,54 @@ def test_dsm_loss_of_oracle_denoiser_is_zero():
     oracle = lambda p, x, s, **kw: -(x - x_star) / s[:, None, None, None]
     loss = dsm_loss(None, oracle, jax.random.key(1), x0, sde)
     assert float(loss) < 1e-6
+
+
+def _gaussian_eps(sigma_data):
+    """ε of the exact score of N(0, σ_d² I) data: σ·(−x/(σ² + σ_d²)); what a zero-F EDM network gives."""
+    return lambda p, x, s, **kw: -s[:, None, None, None] * x / (s[:, None, None, None] ** 2 + sigma_data**2)
+
+
+@pytest.mark.parametrize("levels", ["uniform_t", "lognormal"])
+def test_edm_weighted_loss_of_the_exact_gaussian_score_is_dimension(levels):
+    # With EDM's weight (σ² + σ_d²)/σ_d² the preconditioned target has unit variance at every σ, so the
+    # exact score of Gaussian data costs E = H·W·C whatever noise levels are drawn.
+    sd, sde = 0.3, VESDE(1e-3, 20.0)
+    x0 = sd * jax.random.normal(jax.random.key(0), (1024, 4, 4, 2))
+    recipe = DSMRecipe(noise_levels=levels, sigma_data=sd)
+    loss = float(dsm_loss(None, _gaussian_eps(sd), jax.random.key(1), x0, sde, recipe=recipe))
+    assert loss == pytest.approx(32.0, rel=4 * np.sqrt(2 / (1024 * 32)) * 3)
+
+
+def test_lognormal_levels_centre_on_sigma_data_and_stay_in_range():
+    sde = VESDE(1e-4, 10.0)
+    recipe = DSMRecipe(noise_levels="lognormal", sigma_data=0.05, p_mean=0.5, p_std=1.0)
+    t = recipe.sample_times(jax.random.key(0), 20000, sde)
+    assert float(t.min()) >= recipe.t_min and float(t.max()) <= 1.0
+    assert float(jnp.median(jnp.log(sde.sigma(t)))) == pytest.approx(np.log(0.05) + 0.5, abs=0.03)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"noise_levels": "cosine"}, "noise_levels"),
+    ({"noise_levels": "lognormal"}, "sigma_data > 0"),
+    ({"sigma_data": -1.0}, "sigma_data"),
+    ({"t_min": 1.0}, "t_min"),
+])
+def test_bad_recipe_is_a_clear_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DSMRecipe(**kwargs)
+
+
+def test_validation_loss_of_the_exact_gaussian_score_matches_its_closed_form():
+    # For N(0, σ_d² I) data and its exact score, E||σ s + z||² = H·W·C · σ_d²/(σ² + σ_d²) at each t.
+    sd, sde, n_times = 0.5, VESDE(1e-2, 20.0), 6
+    images = sd * jax.random.normal(jax.random.key(0), (2048, 4, 4, 1))
+    score = lambda x, t: -x / (sde.sigma(t) ** 2 + sd**2)
+    got = validation_loss(score, images, sde, jax.random.key(1), n_times=n_times, t_min=0.0)
+    ts = (np.arange(n_times) + 0.5) / n_times
+    want = 16 * sd**2 / (np.asarray(sde.sigma(ts)) ** 2 + sd**2)
+    assert got["val_dsm"] == pytest.approx(want.mean(), rel=0.02)
+    assert got["val_dsm_low"] == pytest.approx(want[:2].mean(), rel=0.02)
+    assert got["val_dsm_high"] == pytest.approx(want[4:].mean(), rel=0.05)
 
 
 def test_dsm_loss_rejects_unbatched_images():
@@ -141,9 +191,12 @@ def _tiny(data_dir, **training):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 4-step tiny run with checkpoints at steps 2 and 4 and a prior-quality row at step 3 (tiny's
-    quality_every), trained once for the module."""
+    quality_every), trained once for the module, with the EDM-style recipe (the other tests train
+    score_sde's)."""
     root = tmp_path_factory.mktemp("trained")
-    _run_in_process(_tiny(root / "data", steps=4, checkpoint_every=2), root / "run")
+    config = _tiny(root / "data", steps=4, checkpoint_every=2, noise_levels="lognormal")
+    config.model.sigma_data = "auto"
+    _run_in_process(config, root / "run")
     return root
 
 
@@ -169,6 +222,18 @@ def test_prior_quality_is_logged_beside_the_loss(trained):
     for name in ("flux", "r50", "concentration", "e"):
         assert 0.0 <= q[f"ks_{name}"] <= 1.0
     assert 0.0 < q["ks_floor"] and 0.0 <= q["tarp_max_dev"] <= 1.0 and 0.0 <= q["tarp_floor"] <= 1.0
+
+
+def test_validation_loss_is_logged_at_checkpoints_and_the_recipe_is_recorded(trained):
+    with open(trained / "run" / "metrics.jsonl") as f:
+        rows = [r for r in map(json.loads, f) if "val_dsm" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(np.isfinite(r["val_dsm"]) and r["val_dsm"] > 0 for r in rows)
+    from jaxlens.prior import load_prior
+
+    prior = load_prior(str(trained / "run"))
+    assert 0 < prior.meta["model"]["sigma_data"] < 1  # measured on the tiny data set
+    assert prior.model.sigma_data == prior.meta["model"]["sigma_data"]
 
 
 def test_damaged_latest_checkpoint_falls_back_to_previous(trained, tmp_path):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-import sys
+import math
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -37,9 +38,17 @@ def maybe_initialize_distributed() -> None:
         log.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
-def model_kwargs(config: ml_collections.ConfigDict) -> dict:
-    """The NCSN++ constructor fields, as JSON-able values (also the checkpoint's architecture)."""
+def model_kwargs(config: ml_collections.ConfigDict, *, sigma_data: float | None = None) -> dict:
+    """The NCSN++ constructor fields, as JSON-able values (also the checkpoint's architecture).
+
+    `sigma_data` resolves `model.sigma_data = "auto"` (bin/train measures it on the training data).
+    Without preconditioning the field is left out, so such checkpoints read as before it existed.
+    """
     m = config.model
+    value = parse_sigma_data(m.sigma_data) if sigma_data is None else float(sigma_data)
+    if value is None:
+        raise ValueError("model.sigma_data='auto' is measured on the training data: pass sigma_data")
+    precondition = {"sigma_data": float(value)} if value > 0 else {}
     return {
         "nf": int(m.nf),
         "ch_mult": [int(v) for v in m.ch_mult],
@@ -51,20 +60,49 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict:
         "skip_rescale": bool(m.skip_rescale),
         "fourier_scale": float(m.fourier_scale),
         "init_scale": float(m.init_scale),
+        **precondition,
     }
 
 
-def architecture(config: ml_collections.ConfigDict) -> dict:
+def architecture(config: ml_collections.ConfigDict, *, sigma_data: float | None = None) -> dict:
     """What a checkpoint must match: network fields plus image size and channels."""
-    return {**model_kwargs(config), "image_size": int(config.data.npix),
+    return {**model_kwargs(config, sigma_data=sigma_data), "image_size": int(config.data.npix),
             "channels": int(config.data.channels)}
 
 
-def build_model(config: ml_collections.ConfigDict):
+def build_model(config: ml_collections.ConfigDict, *, sigma_data: float | None = None):
     """The NCSN++ of `config`, in its compute dtype."""
     from jaxlens.prior import model_from_architecture
 
-    return model_from_architecture(architecture(config), dtype=compute_dtype(config))
+    return model_from_architecture(architecture(config, sigma_data=sigma_data), dtype=compute_dtype(config))
+
+
+def parse_sigma_data(value) -> float | None:
+    """model.sigma_data: 'none' -> 0 (no preconditioning), 'auto' -> None (measure), else a number >= 0."""
+    text = str(value).strip().lower()
+    if text in ("none", "auto"):
+        return 0.0 if text == "none" else None
+    try:
+        out = float(text)
+    except ValueError:
+        raise ValueError(f"model.sigma_data must be 'none', 'auto' or a number, got {value!r}") from None
+    if not (out >= 0 and math.isfinite(out)):
+        raise ValueError(f"model.sigma_data must be >= 0, got {out}")
+    return out
+
+
+def dsm_recipe(config: ml_collections.ConfigDict, arch: dict):
+    """The training loss's `DSMRecipe`: the config's noise levels, the architecture's sigma_data."""
+    from jaxlens.train import DSMRecipe
+
+    t = config.training
+    return DSMRecipe(noise_levels=t.noise_levels, t_min=float(t.t_min), p_mean=float(t.p_mean),
+                     p_std=float(t.p_std), sigma_data=arch.get("sigma_data", 0.0))
+
+
+def timing_sigma_data(config: ml_collections.ConfigDict) -> float | None:
+    """For timing without data: 'auto' becomes 1 (any positive sigma_data costs the same)."""
+    return 1.0 if parse_sigma_data(config.model.sigma_data) is None else None
 
 
 def parse_sigma_max(value) -> float | None:

@@ -64,7 +64,7 @@ class ThroughputProblem:
 
     def __init__(self, config, precision: str, likelihood: str = "eq19", lanczos_cap: int = 5):
         config.model.dtype = precision
-        self.model = common.build_model(config)
+        self.model = common.build_model(config, sigma_data=common.timing_sigma_data(config))
         n, c = config.data.npix, config.data.channels
         self.shape = (n, n, c)
         self.params = init_params(self.model, jax.random.key(0), n, c)
@@ -129,7 +129,8 @@ def time_train_config(name: str, batch: int, repeats: int, dtype: str = "float32
     """Images/s of the sharded DSM training step of `configs/<name>.py` (configs must be importable)."""
     config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
     config.model.dtype = dtype
-    model = common.build_model(config)
+    sigma_data = common.timing_sigma_data(config)
+    model = common.build_model(config, sigma_data=sigma_data)
     n, c = config.data.npix, config.data.channels
     batch = batch or config.training.batch_size
     mesh = data_mesh()
@@ -137,7 +138,8 @@ def time_train_config(name: str, batch: int, repeats: int, dtype: str = "float32
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = jax.jit(lambda: create_train_state(jax.random.key(0), model, (n, n, c), OptimizerSpec()),
                     out_shardings=replicated)()
-    step = make_train_step(mesh, sde=VESDE(1e-4, 100.0))
+    recipe = common.dsm_recipe(config, common.architecture(config, sigma_data=sigma_data))
+    step = make_train_step(mesh, sde=VESDE(1e-4, 100.0), recipe=recipe)
     images = jax.random.uniform(jax.random.key(1), (batch, n, n, c))
     t0 = time.perf_counter()
     state, m = step(state, images, jax.random.key(2))

@@ -59,6 +59,11 @@ def train_from_config(config, workdir: str, *, mesh=None):
         sigma_max = sigma_max_from_data(data.all_images(source))
         log.info("sigma_max from data (largest pairwise distance): %.4f", sigma_max)
     sde = VESDE(sigma_min=float(config.sde.sigma_min), sigma_max=sigma_max)
+    sigma_data = common.parse_sigma_data(config.model.sigma_data)
+    if sigma_data is None:
+        sigma_data = float(np.std(data.all_images(source)))
+        log.info("sigma_data from data (pixel standard deviation): %.4f", sigma_data)
+    arch = common.architecture(config, sigma_data=sigma_data)
 
     t = config.training
     seed, batch_size, augment = config.seed, t.batch_size, config.data.augment
@@ -67,23 +72,23 @@ def train_from_config(config, workdir: str, *, mesh=None):
         return data.get_batch(source, step, seed=seed, batch_size=batch_size, augment=augment)
 
     shape = (config.data.npix, config.data.npix, config.data.channels)
-    quality_data = None
-    if t.quality_every > 0:  # the held-out split, which training never sees
-        quality_data = data.all_images(open_split("validation"))
+    # The held-out split, which training never sees: validation loss and prior quality.
+    quality_data = data.all_images(open_split("validation"))
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     return train.train(
-        model=common.build_model(config),
-        model_meta=common.architecture(config),
+        model=common.build_model(config, sigma_data=arch.get("sigma_data", 0.0)),
+        model_meta=arch,
         image_shape=shape,
         batch_fn=batch_fn,
         sde=sde,
         optimizer=train.OptimizerSpec(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps,
                                       grad_clip=t.grad_clip),
         options=train.TrainOptions(
-            steps=t.steps, batch_size=batch_size, seed=seed, t_min=t.t_min,
+            steps=t.steps, batch_size=batch_size, seed=seed,
+            recipe=common.dsm_recipe(config, arch),
             ema_decay=t.ema_decay, checkpoint_every=t.checkpoint_every,
             keep_checkpoints=t.keep_checkpoints, log_every=t.log_every,
             grid_samples=t.grid_samples, grid_steps=t.grid_steps, quality_every=t.quality_every,

@@ -9,6 +9,12 @@ module returns
 
 *not* the score: the caller divides by σ (score_sde's `scale_by_sigma` divides inside).
 With x = x₀ + σ z, denoising score matching trains ε_θ ≈ −z.
+
+With `sigma_data > 0` the U-Net F is wrapped in EDM's preconditioning (Karras et al. 2022):
+the denoiser D = c_skip x + c_out F(c_in x, σ), with c_in = 1/√(σ² + σ_d²),
+c_skip = σ_d²/(σ² + σ_d²), c_out = σ σ_d/√(σ² + σ_d²), and the module still returns
+ε_θ = (D − x)/σ, so every caller of the score is unchanged. F's input and target then have unit
+variance at every σ, and a zero F is the exact score of N(0, σ_d² I) data.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ class NCSNpp(nn.Module):
       dtype: compute dtype (e.g. jnp.bfloat16); GroupNorm, softmax, the σ embedding and
         the output pyramid stay in float32, and the output is always float32.
       param_dtype: parameter dtype.
+      sigma_data: > 0: EDM preconditioning with this data standard deviation; 0: none (score_sde).
     """
 
     nf: int = 128
@@ -89,6 +96,7 @@ class NCSNpp(nn.Module):
     fourier_scale: float = 16.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    sigma_data: float = 0.0
 
     def __post_init__(self):
         _check_fields(self)
@@ -128,6 +136,15 @@ class NCSNpp(nn.Module):
             attn_resolutions, or feature counts GroupNorm cannot split.
         """
         sigma = self._check_inputs(x, sigma)
+        if self.sigma_data > 0:
+            s = sigma.astype(jnp.float32)[:, None, None, None]
+            norm = jnp.sqrt(jnp.square(s) + self.sigma_data**2)
+            f = self._unet(x / norm, sigma, train)
+            # ε = (D − x)/σ with D = c_skip x + c_out F, written without cancellation at small σ.
+            return self.sigma_data * f / norm - s * x.astype(jnp.float32) / jnp.square(norm)
+        return self._unet(x, sigma, train)
+
+    def _unet(self, x: jax.Array, sigma: jax.Array, train: bool) -> jax.Array:
         o = self.opts
         temb = self._embed(sigma)
         hs = self._encode(x, temb, train)
@@ -229,6 +246,8 @@ def _check_fields(m: NCSNpp) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {m.dropout}")
     if not m.fir_kernel:
         raise ValueError("fir_kernel must have at least one tap")
+    if not (m.sigma_data >= 0 and math.isfinite(m.sigma_data)):
+        raise ValueError(f"sigma_data must be >= 0 (0: no preconditioning), got {m.sigma_data}")
 
 
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -24,6 +25,7 @@ from jaxlens.sde import VESDE
 from jaxlens.train import checkpoint as ckpt
 from jaxlens.train.state import OptimizerSpec, TrainState, create_train_state
 from jaxlens.mesh import data_mesh
+from jaxlens.train.dsm import DSMRecipe, validation_loss
 from jaxlens.train.step import make_train_step
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,8 @@ log = logging.getLogger(__name__)
 class TrainOptions:
     """Loop settings (everything that is not model, data or optimiser).
 
-    Every `quality_every` steps (0: never) the loop draws `quality_samples` prior samples with the EMA
+    At every checkpoint the loop logs `validation_loss` (score_sde's DSM objective, the same measure for
+    any recipe) on up to `val_images` held-out images with fixed noise. Every `quality_every` steps (0: never) the loop draws `quality_samples` prior samples with the EMA
     weights (`grid_steps` Euler–Maruyama steps) and logs `diagnostics.prior_quality` against the
     held-out `quality_data` to metrics.jsonl, so a run shows quality, not only loss.
     """
@@ -41,7 +44,7 @@ class TrainOptions:
     steps: int
     batch_size: int
     seed: int = 0
-    t_min: float = 1e-5
+    recipe: DSMRecipe = DSMRecipe()
     ema_decay: float = 0.999
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
@@ -50,6 +53,7 @@ class TrainOptions:
     grid_steps: int = 200
     quality_every: int = 0
     quality_samples: int = 64
+    val_images: int = 32
     progress: bool = True
 
 
@@ -80,8 +84,8 @@ def train(
       options: loop settings.
       workdir: where checkpoints, `metrics.jsonl` and sample grids go.
       mesh: a mesh with a `data` axis; default: all devices.
-      quality_data: [M, H, W, C] held-out images for the prior-quality rows (needed when
-        options.quality_every > 0).
+      quality_data: [M, H, W, C] held-out images for the validation-loss and prior-quality rows
+        (needed when options.quality_every > 0; without them no validation rows are logged).
 
     Returns:
       The final train state.
@@ -99,7 +103,7 @@ def train(
             "sigma_max": sde.sigma_max}
 
     key = jax.random.key(options.seed)
-    init_key, step_key, grid_key = jax.random.split(key, 3)
+    init_key, step_key, grid_key, val_key = jax.random.split(key, 4)
     replicated = NamedSharding(mesh, P())
     sharded = NamedSharding(mesh, P("data"))
 
@@ -114,7 +118,7 @@ def train(
         log.info("resumed from step %d", int(state.step))
     start = int(state.step)
 
-    step_fn = make_train_step(mesh, sde=sde, t_min=options.t_min)
+    step_fn = make_train_step(mesh, sde=sde, recipe=options.recipe)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     _truncate_log(metrics_path, start)
     bar = tqdm(total=options.steps, initial=start, desc="train", disable=not options.progress,
@@ -141,6 +145,12 @@ def train(
                 ckpt.save(mngr, done, state, meta)
                 if options.grid_samples > 0:
                     _sample_grid(state, model, sde, image_shape, options, grid_key, workdir, done)
+                if quality_data is not None and options.val_images > 0:
+                    row = {"step": done, **_validation(state, model, sde, options, val_key, quality_data),
+                           "elapsed_s": round(time.perf_counter() - t0, 3)}
+                    if jax.process_index() == 0:
+                        log_file.write(json.dumps(row) + "\n")
+                        log_file.flush()
             if options.quality_every > 0 and (done % options.quality_every == 0 or done == options.steps):
                 row = {"step": done, "prior_quality": _prior_quality(state, model, sde, image_shape, options,
                                                                      grid_key, quality_data),
@@ -177,6 +187,16 @@ def _sample_grid(state, model, sde, image_shape, options, key, workdir, step) ->
         ncols = int(np.ceil(np.sqrt(options.grid_samples)))
         image_grid(os.path.join(workdir, f"samples_{step:08d}.png"), np.asarray(samples)[..., 0],
                    ncols=ncols)
+
+
+def _validation(state, model, sde, options, key, data) -> dict:
+    """`validation_loss` of the EMA weights on the first `val_images` held-out images."""
+    from jaxlens.prior import network_score_fn
+
+    score = network_score_fn(model, state.ema_params, sde)
+    images = jnp.asarray(data[: options.val_images])
+    out = validation_loss(score, images, sde, key, t_min=options.recipe.t_min)
+    return {k: round(v, 3) for k, v in out.items()}
 
 
 def _prior_quality(state, model, sde, image_shape, options, key, data) -> dict:

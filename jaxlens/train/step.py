@@ -17,12 +17,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxlens.sde import VESDE
-from jaxlens.train.dsm import dsm_loss
+from jaxlens.train.dsm import DSMRecipe, dsm_loss
 from jaxlens.train.state import TrainState
 
 
 def train_step(
-    state: TrainState, batch: jax.Array, key: jax.Array, *, sde: VESDE, t_min: float = 1e-5
+    state: TrainState, batch: jax.Array, key: jax.Array, *, sde: VESDE, recipe: DSMRecipe = DSMRecipe()
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """DSM loss, gradients, optimiser update and EMA update.
 
@@ -31,7 +31,7 @@ def train_step(
       batch: [B, H, W, C] clean images (the global batch).
       key: PRNG key for this step (times, noise, dropout).
       sde: the VE SDE.
-      t_min: smallest diffusion time.
+      recipe: the loss's noise levels and weighting.
 
     Returns:
       (new_state, metrics) with `loss` and `grad_norm`.
@@ -44,7 +44,7 @@ def train_step(
             key,
             batch,
             sde,
-            t_min=t_min,
+            recipe=recipe,
         )
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -53,13 +53,13 @@ def train_step(
 
 
 def make_train_step(
-    mesh: Mesh, *, sde: VESDE, t_min: float = 1e-5
+    mesh: Mesh, *, sde: VESDE, recipe: DSMRecipe = DSMRecipe()
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
     """Jitted `train_step` with a batch sharded over `mesh` and a replicated, donated state."""
     replicated = NamedSharding(mesh, P())
     sharded = NamedSharding(mesh, P("data"))
     return jax.jit(
-        functools.partial(train_step, sde=sde, t_min=t_min),
+        functools.partial(train_step, sde=sde, recipe=recipe),
         in_shardings=(replicated, sharded, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
