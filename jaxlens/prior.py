@@ -53,7 +53,7 @@ def export_prior(workdir: str, out_dir: str, *, extra: dict | None = None) -> st
     """
     import orbax.checkpoint as ocp
 
-    params, meta = _latest_ema_params(workdir)
+    params, meta = _ema_params(workdir)
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     with ocp.StandardCheckpointer() as saver:
@@ -73,12 +73,13 @@ def model_from_architecture(arch: dict, *, dtype=jnp.float32) -> Any:
     return NCSNpp(**fields, dtype=dtype)
 
 
-def load_prior(path: str, *, dtype=jnp.float32) -> LoadedPrior:
+def load_prior(path: str, *, dtype=jnp.float32, step: int | None = None) -> LoadedPrior:
     """Loads an exported prior directory or the newest checkpoint of a training workdir.
 
     Args:
       path: a directory with `prior.json` + `params/` (exported), or a training workdir.
       dtype: compute dtype of the rebuilt network (parameters stay float32).
+      step: for a training workdir, the checkpoint step to load (default: the newest).
 
     Returns:
       LoadedPrior with the EMA parameters.
@@ -96,7 +97,7 @@ def load_prior(path: str, *, dtype=jnp.float32) -> LoadedPrior:
         with ocp.StandardCheckpointer() as loader:
             params = loader.restore(os.path.join(path, "params"), abstract)
     elif os.path.isdir(os.path.join(path, "checkpoints")):
-        params, meta = _latest_ema_params(path)
+        params, meta = _ema_params(path, step)
         model = model_from_architecture(meta["model"], dtype=dtype)
     else:
         raise FileNotFoundError(f"{path} holds neither {PRIOR_META} nor a checkpoints/ folder")
@@ -104,16 +105,18 @@ def load_prior(path: str, *, dtype=jnp.float32) -> LoadedPrior:
     return LoadedPrior(model, params, sde, meta)
 
 
-def _latest_ema_params(workdir: str) -> tuple[Any, dict]:
-    """EMA parameters and metadata (with `step`) of the newest checkpoint of a training workdir."""
+def _ema_params(workdir: str, step: int | None = None) -> tuple[Any, dict]:
+    """EMA parameters and metadata (with `step`) of a training workdir's checkpoint (default: newest)."""
     import orbax.checkpoint as ocp
 
     from jaxlens.train import checkpoint as ckpt
 
     mngr = ckpt.manager(workdir)
-    step = mngr.latest_step()
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}")
+        step = mngr.latest_step()
+    if step is None or step not in mngr.all_steps():
+        raise FileNotFoundError(f"no checkpoint {'' if step is None else f'at step {step} '}in {workdir} "
+                                f"(it holds steps {sorted(mngr.all_steps())})")
     meta = ckpt.read_meta(mngr, step)
     state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     return state["ema_params"], {**meta, "step": int(step)}

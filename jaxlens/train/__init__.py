@@ -1,7 +1,7 @@
 """Denoising score matching: loss, state, the data-parallel step and the resumable loop."""
 
 from jaxlens.train.checkpoint import CheckpointError
-from jaxlens.train.dsm import DSMRecipe, dsm_loss, validation_loss
+from jaxlens.train.dsm import DSMRecipe, dsm_loss, validation_key, validation_loss
 from jaxlens.train.loop import TrainOptions, train
 from jaxlens.train.state import OptimizerSpec, TrainState, create_train_state, make_optimizer
 from jaxlens.mesh import data_mesh
@@ -20,5 +20,6 @@ __all__ = [
     "make_train_step",
     "train",
     "train_step",
+    "validation_key",
     "validation_loss",
 ]

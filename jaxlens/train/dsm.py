@@ -109,6 +109,11 @@ def dsm_loss(
     return jnp.mean(recipe.weight(sigma) * per_example)
 
 
+def validation_key(seed: int) -> jax.Array:
+    """The noise key `bin/train` logs `validation_loss` with, so any checkpoint can be re-measured alike."""
+    return jax.random.fold_in(jax.random.key(seed), 0x5A1)
+
+
 def validation_loss(
     score_fn: ScoreFn, images: jax.Array, sde: VESDE, key: jax.Array, *, n_times: int = 12,
     t_min: float = 1e-5,

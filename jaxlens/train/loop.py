@@ -25,7 +25,7 @@ from jaxlens.sde import VESDE
 from jaxlens.train import checkpoint as ckpt
 from jaxlens.train.state import OptimizerSpec, TrainState, create_train_state
 from jaxlens.mesh import data_mesh
-from jaxlens.train.dsm import DSMRecipe, validation_loss
+from jaxlens.train.dsm import DSMRecipe, validation_key, validation_loss
 from jaxlens.train.step import make_train_step
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,8 @@ def train(
             "sigma_max": sde.sigma_max}
 
     key = jax.random.key(options.seed)
-    init_key, step_key, grid_key, val_key = jax.random.split(key, 4)
+    init_key, step_key, grid_key = jax.random.split(key, 3)
+    val_key = validation_key(options.seed)
     replicated = NamedSharding(mesh, P())
     sharded = NamedSharding(mesh, P("data"))
 
