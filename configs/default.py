@@ -103,4 +103,17 @@ def get_config() -> ml_collections.ConfigDict:
     p.snr = 0.16  # Langevin corrector signal-to-noise (solver=pc)
     p.denoise = False  # final Tweedie denoising step
     p.seed = 1
+
+    # Joint lens and source inference (bin/sample --fit_lens): Gaussian lens prior around the first guess
+    # (--lens, else the config's lens), widths by kind; 0 holds a parameter fixed. See jaxlens.fit_lens.
+    c.fit_lens = f = ml_collections.ConfigDict()
+    f.enabled = False
+    f.theta_e_std = 0.1  # arcsec
+    f.e_std = 0.05
+    f.center_std = 0.05  # arcsec
+    f.gamma_std = 0.02
+    f.leapfrog_steps = 3
+    f.step_size = 0.5
+    f.refresh_cycles = 0
+    f.refresh_t = 0.5
     return c

@@ -214,9 +214,13 @@ def _posterior_chains(chi2: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray
     return kept, failed
 
 
-def _write_outputs(problem: Problem, y: np.ndarray, samples: np.ndarray, A, out_dir: str) -> dict:
+def _write_outputs(problem: Problem, y: np.ndarray, samples: np.ndarray, A, out_dir: str, *,
+                   lensed: np.ndarray | None = None, A_truth=None) -> dict:
+    """Writes the outputs of a run. `A` models the posterior mean; `lensed` (default: A of each sample)
+    is each sample seen through its own lens, and `A_truth` (default: A) lenses the true source."""
     g = problem.geometry
-    lensed = np.asarray(jax.jit(jax.vmap(A))(jnp.asarray(samples)))
+    if lensed is None:
+        lensed = np.asarray(jax.jit(jax.vmap(A))(jnp.asarray(samples)))
     sigma = problem.sigma_n
     sigma_b = np.broadcast_to(sigma if np.ndim(sigma) != 2 else np.asarray(sigma)[..., None], y.shape)
     finite = np.isfinite(lensed.reshape(len(lensed), -1)).all(axis=1)
@@ -250,7 +254,7 @@ def _write_outputs(problem: Problem, y: np.ndarray, samples: np.ndarray, A, out_
         io.write_map(os.path.join(out_dir, "truth.fits"), truth, fov=g.src_fov)
         io.write_map(os.path.join(out_dir, "residual_source.fits"), mean - truth,
                      {"comment": "posterior mean - truth"}, fov=g.src_fov)
-        truth_lensed = np.asarray(A(jnp.asarray(truth)))
+        truth_lensed = np.asarray((A if A_truth is None else A_truth)(jnp.asarray(truth)))
         err = float(np.linalg.norm(mean - truth) / np.linalg.norm(truth))
         summary["source_relative_error"] = err
         summary["source_residual_over_std_rms"] = float(

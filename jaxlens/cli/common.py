@@ -183,6 +183,15 @@ def sampling_options(config: ml_collections.ConfigDict):
         solver=s.solver, snr=s.snr, denoise=s.denoise, chunk_size=s.chunk_size, seed=s.seed)
 
 
+def fit_lens_options(config: ml_collections.ConfigDict):
+    from jaxlens.fit_lens import FitLensOptions
+
+    f = config.fit_lens
+    return FitLensOptions(theta_e_std=f.theta_e_std, e_std=f.e_std, center_std=f.center_std,
+                          gamma_std=f.gamma_std, leapfrog_steps=f.leapfrog_steps, step_size=f.step_size,
+                          refresh_cycles=f.refresh_cycles, refresh_t=f.refresh_t)
+
+
 def problem_from_config(config, *, observation=None, noise=None, psf=None, lens=None):
     """The observation to reconstruct: read from files, or simulated from the config.
 

@@ -30,6 +30,8 @@ _OBSERVATION = flags.DEFINE_string("observation", None, "Observed image (FITS)."
 _NOISE = flags.DEFINE_string("noise", None, "Noise std: a number or a FITS map (default: config).")
 _PSF = flags.DEFINE_string("psf", None, "PSF on the ray-tracing grid (FITS, odd-sized, sums to 1).")
 _LENS = flags.DEFINE_string("lens", None, "Lens parameters (JSON with the 7 LensParams fields).")
+_FIT_LENS = flags.DEFINE_bool("fit_lens", None, "Infer the lens with the source; --lens is the first guess "
+                              "(default: config.fit_lens.enabled).")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue an interrupted run in --out.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the outputs of a previous run in --out.")
 
@@ -46,17 +48,31 @@ def run(config) -> dict:
     from jaxlens import io, reconstruct
     from jaxlens.prior import load_prior
 
-    # Every input is read and checked before --out is touched.
+    fit_lens = config.fit_lens.enabled if _FIT_LENS.value is None else _FIT_LENS.value
+    # Every input is read and checked before --out is touched. A simulated problem is observed through
+    # the config's lens; with --fit_lens, --lens is then the first guess, and the config's lens the truth.
+    simulated_fit = fit_lens and not _OBSERVATION.value
     problem = common.problem_from_config(
-        config, observation=_OBSERVATION.value, noise=_NOISE.value, psf=_PSF.value, lens=_LENS.value)
+        config, observation=_OBSERVATION.value, noise=_NOISE.value, psf=_PSF.value,
+        lens=None if simulated_fit else _LENS.value)
+    truth_lens = problem.lens if simulated_fit else None
+    if simulated_fit and _LENS.value:
+        problem = problem._replace(lens=io.read_lens(_LENS.value))
     prior = load_prior(_CHECKPOINT.value, dtype=common.compute_dtype(config))
     reconstruct.check_compatible(problem, prior)
     options = common.sampling_options(config)
+    fit = common.fit_lens_options(config) if fit_lens else None
     out = io.prepare_out_dir(_OUT.value, resume=_RESUME.value, overwrite=_OVERWRITE.value)
-    summary = reconstruct.reconstruct(
-        problem, prior, options, str(out), tag=os.path.abspath(_CHECKPOINT.value),
-        settings={"config": config.to_dict(), "checkpoint": _CHECKPOINT.value,
-                  "observation": _OBSERVATION.value or "simulated"})
+    settings = {"config": config.to_dict(), "checkpoint": _CHECKPOINT.value,
+                "observation": _OBSERVATION.value or "simulated", "lens": _LENS.value or "config"}
+    if fit_lens:
+        from jaxlens.fit_lens import reconstruct_joint
+
+        summary = reconstruct_joint(problem, prior, options, fit, str(out), truth_lens=truth_lens,
+                                    settings=settings)
+    else:
+        summary = reconstruct.reconstruct(problem, prior, options, str(out), tag=os.path.abspath(_CHECKPOINT.value),
+                                          settings=settings)
     if jax.process_index() == 0:
         t = summary["timings_s"]
         n_kept = summary["n_chains"] - len(summary["diverged_chains"])
@@ -64,6 +80,10 @@ def run(config) -> dict:
               f"{summary['devices']['count']} {summary['devices']['platform']} device(s)")
         print(f"time: setup {t['setup_s']}s, sampling (compile included) {t['sampling_s']}s, "
               f"outputs+figures {t['outputs_s']}s, total {t['total_s']}s")
+        if "lens" in summary:
+            lens = summary["lens"]
+            print("lens: " + ", ".join(f"{k} {lens['mean'][k]:.4f} ± {lens['std'][k]:.4f} (R-hat {lens['rhat'][k]:.2f})"
+                                       for k in lens["free"]))
         print(f"median chi2_nu {summary['chi2_nu_median']:.3f}"
               + (f", source relative error {summary['source_relative_error']:.3f}"
                  if "source_relative_error" in summary else ""))
