@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -177,7 +178,8 @@ def _write_lens_outputs(out_dir: str, table: np.ndarray, lens_prior: LensPrior, 
     np.savetxt(os.path.join(out_dir, "lens_samples.csv"), table, delimiter=",", header=",".join(FIELDS),
                comments="", fmt="%.8g")
     free = list(lens_prior.free)
-    if len(free) < 1 or len(table) < 2:
+    if len(table) <= len(free):  # corner needs more samples than parameters
+        warnings.warn(f"no corner.png: {len(table)} samples of {len(free)} free lens parameters", stacklevel=3)
         return
     fig = corner.corner(table[:, free], labels=[FIELDS[i] for i in free],
                         truths=[float(truth[i]) for i in free] if truth is not None else None,

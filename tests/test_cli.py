@@ -33,10 +33,11 @@ def test_shipped_prior_loads_and_matches_its_config():
 
     prior = load_prior(SHIPPED)
     config = procedural_64.get_config()
-    assert prior.meta["model"] == common.architecture(config)
+    # sigma_data is measured by bin/train ("auto"): the checkpoint's value, or none for an ε-network.
+    assert prior.meta["model"] == common.architecture(config, sigma_data=prior.meta["model"].get("sigma_data", 0))
     assert prior.meta["image_shape"] == [64, 64, 1]
     n = sum(np.size(p) for p in jax.tree.leaves(prior.params))
-    assert n == param_count(common.build_model(config), 64, 1)
+    assert n == param_count(common.build_model(config, sigma_data=1.0), 64, 1)
     assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(prior.params))
 
 

@@ -102,6 +102,8 @@ class LensPrior:
 
     def vector(self, lens: LensParams) -> jax.Array:
         """The free parameters of `lens` as a vector [n_free]."""
+        if not self.free:
+            return jnp.zeros((0,), jnp.result_type(float))
         return jnp.stack([jnp.asarray(lens[i], jnp.result_type(float)) for i in self.free])
 
     def log_prob(self, u: jax.Array) -> jax.Array:
@@ -113,6 +115,8 @@ class LensPrior:
 
     def sample(self, key: jax.Array) -> jax.Array:
         """One draw of the free parameters from the prior, inside the bounds (by resampling)."""
+        if not self.free:
+            return self.vector(self.mean)
         mean, std = self.vector(self.mean), jnp.asarray([self.std[i] for i in self.free])
 
         def draw(k):
