@@ -51,6 +51,8 @@ ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 FIELDS = LensParams._fields
 # Physics: an SIE needs θ_E > 0 and an axis ratio q = (1 − |e|)/(1 + |e|) > 0, i.e. |e| < 1.
 MAX_ELLIPTICITY = 0.95
+# Smallest Var[x_0 | x_t] / σ_t² the lens moves use (see JointStep.advance).
+VARIANCE_FLOOR = 0.05
 
 
 @flax.struct.dataclass
@@ -296,7 +298,11 @@ class JointStep:
                     sigma2 = jnp.square(self.sde.sigma(t)).astype(dtype)
                     probe = jax.random.rademacher(jax.random.fold_in(k_i, 1), x.shape, dtype)
                     s, js = jax.jvp(lambda z: self.prior_score(z, t), (x,), (probe,))
-                    var = jnp.maximum(sigma2 * (1.0 + sigma2 * jnp.mean(probe * js)), 0.0)
+                    # One probe is noisy: a ratio v_t/σ² near or below 0 would make the κ likelihood
+                    # sharp at high t, where x̂_0 is still a blur, and throw a chain off. The floor only
+                    # binds where σ_t is several times the data's scale, where κ should follow its prior.
+                    ratio = jnp.clip(1.0 + sigma2 * jnp.mean(probe * js), VARIANCE_FLOOR, 1.0)
+                    var = sigma2 * ratio
                     u, accept = self.move_lens(k_i, u, jax.lax.stop_gradient(x + sigma2 * s),
                                                jax.lax.stop_gradient(var))
                     score = posterior_score(self.prior_score, self.likelihood, self.with_lens(u), self.sde)
