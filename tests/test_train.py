@@ -188,15 +188,19 @@ def _tiny(data_dir, **training):
     return c
 
 
+def _tiny_edm(data_dir, **training):
+    c = _tiny(data_dir, noise_levels="lognormal", **training)
+    c.model.sigma_data = "auto"
+    return c
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 4-step tiny run with checkpoints at steps 2 and 4 and a prior-quality row at step 3 (tiny's
     quality_every), trained once for the module, with the EDM-style recipe (the other tests train
     score_sde's)."""
     root = tmp_path_factory.mktemp("trained")
-    config = _tiny(root / "data", steps=4, checkpoint_every=2, noise_levels="lognormal")
-    config.model.sigma_data = "auto"
-    _run_in_process(config, root / "run")
+    _run_in_process(_tiny_edm(root / "data", steps=4, checkpoint_every=2), root / "run")
     return root
 
 
@@ -239,7 +243,7 @@ def test_validation_loss_is_logged_at_checkpoints_and_the_recipe_is_recorded(tra
 def test_damaged_latest_checkpoint_falls_back_to_previous(trained, tmp_path):
     workdir = _copy(trained, tmp_path)
     _truncate_files(workdir / "checkpoints" / "4")
-    state = _run_in_process(_tiny(trained / "data", steps=5, checkpoint_every=2), workdir)
+    state = _run_in_process(_tiny_edm(trained / "data", steps=5, checkpoint_every=2), workdir)
     assert int(state.step) == 5
     losses = _losses(workdir)
     assert sorted(losses) == [1, 2, 3, 4, 5]  # steps 3-4 were recomputed from step 2
@@ -250,7 +254,7 @@ def test_all_checkpoints_damaged_is_an_error(trained, tmp_path):
     workdir = _copy(trained, tmp_path)
     _truncate_files(workdir / "checkpoints")
     with pytest.raises(CheckpointError, match="refusing to start from random weights"):
-        _run_in_process(_tiny(trained / "data", steps=6, checkpoint_every=2), workdir)
+        _run_in_process(_tiny_edm(trained / "data", steps=6, checkpoint_every=2), workdir)
 
 
 def test_workdir_with_other_architecture_is_refused(trained, tmp_path):
@@ -259,6 +263,9 @@ def test_workdir_with_other_architecture_is_refused(trained, tmp_path):
     c.model.nf = 16
     with pytest.raises(CheckpointError, match="another architecture.*nf"):
         _run_in_process(c, workdir)
+    # The same network without the run's preconditioning reads the parameters differently: refused too.
+    with pytest.raises(CheckpointError, match="another architecture.*sigma_data"):
+        _run_in_process(_tiny(trained / "data", steps=6), workdir)
 
 
 def test_bad_cli_input_exits_nonzero(tmp_path):

@@ -35,7 +35,8 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 
 def check_architecture(found: dict, expected: dict, *, where: str) -> None:
     """Raises CheckpointError naming the fields where a checkpoint's model differs."""
-    diffs = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
+    # Both ways: a field only the checkpoint has (e.g. preconditioning) is a difference too.
+    diffs = {k: (found.get(k), expected.get(k)) for k in {**found, **expected} if found.get(k) != expected.get(k)}
     if diffs:
         lines = ", ".join(f"{k}: checkpoint={a!r} config={b!r}" for k, (a, b) in sorted(diffs.items()))
         raise CheckpointError(f"{where} holds a checkpoint of another architecture ({lines})")
