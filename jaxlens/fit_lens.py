@@ -60,6 +60,13 @@ class FitLensOptions:
     refresh_t: float = 0.5
 
     def __post_init__(self):
+        widths = {k: getattr(self, k) for k in ("theta_e_std", "e_std", "center_std", "gamma_std")}
+        bad = [f"{k}={v}" for k, v in widths.items() if not (v >= 0 and v < float("inf"))]
+        if bad:
+            raise ValueError(f"fit_lens widths must be finite and >= 0 (0 holds a parameter), got {', '.join(bad)}")
+        if int(self.leapfrog_steps) != self.leapfrog_steps or self.leapfrog_steps < 1 or not self.step_size > 0:
+            raise ValueError(f"need fit_lens.leapfrog_steps >= 1 and step_size > 0, got {self.leapfrog_steps}, "
+                             f"{self.step_size}")
         if self.refresh_cycles < 0 or not 0.0 < self.refresh_t <= 1.0:
             raise ValueError(f"need refresh_cycles >= 0 and 0 < refresh_t <= 1, got {self.refresh_cycles}, "
                              f"{self.refresh_t}")

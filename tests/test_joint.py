@@ -71,8 +71,8 @@ def test_lens_marginal_approaches_the_gaussian_closed_form_with_gibbs_sweeps(pro
     te, e1, p = _exact_marginal(prior, y)
     exact = {"theta_e": _moments(te, p.sum(1)), "e1": _moments(e1, p.sum(0))}
     step = JointStep.make(gaussian_prior_score(prior, SDE), observe(y, SIGMA_N, lens=GUESS, geometry=GEO), SDE,
-                          LensPrior.make(GUESS, WIDTHS), likelihood=Tweedie(lanczos_cap=20, lanczos_tol=1e-6))
-    n, n_steps = 64, 100
+                          LensPrior.make(GUESS, WIDTHS), likelihood=Tweedie(lanczos_cap=10, lanczos_tol=1e-6))
+    n, n_steps = 48, 100
     swept = run_joint(step, jax.random.key(2), n, n_steps, FitLensOptions(refresh_cycles=4, refresh_t=0.6),
                       progress=False)
     for j, name in enumerate(["theta_e", "e1"]):
@@ -89,7 +89,7 @@ def test_lens_marginal_approaches_the_gaussian_closed_form_with_gibbs_sweeps(pro
     # The source given each chain's lens: whitened by the closed-form conditional, it is N(0, I).
     x, u = np.asarray(swept[0]), np.asarray(swept[1])
     z2 = []
-    for g in range(0, n, 8):
+    for g in range(0, n, 6):
         lens = GUESS._replace(theta_e=float(u[g, 0]), e1=float(u[g, 1]))
         mean, cov = linear_gaussian_posterior(prior, np.asarray(_dense(lens)), np.asarray(y), SIGMA_N)
         w, v = np.linalg.eigh(cov)
@@ -119,9 +119,10 @@ def test_vmap_over_observations_equals_separate_runs(problem):
     lp = LensPrior.make(GUESS, WIDTHS)
     ys = jnp.stack([y, 0.9 * y])
 
+    @jax.jit
     def run(yy):
         return joint_chains(jax.random.key(3), score, observe(yy, SIGMA_N, lens=GUESS, geometry=GEO), SDE, lp,
-                            likelihood=Tweedie(), n_chains=2, n_steps=40)
+                            likelihood=Tweedie(), n_chains=2, n_steps=20)
 
     both = jax.vmap(run)(ys)
     for i in range(2):
@@ -183,3 +184,8 @@ def test_fit_lens_cli_writes_lens_samples_and_diagnostics(tmp_path):
     assert all(k in lens["rhat"] and k in lens["ess"] for k in lens["free"])
     np.testing.assert_allclose([lens["mean"][k] for k in LensParams._fields], table.mean(0), atol=1e-6)
     assert "lens: theta_e" in r.stdout
+    # A bad lens prior is one line and exit 2, before --out is touched.
+    bad = subprocess.run([sys.executable, os.path.join(repo, "bin", "sample"), "--fit_lens", f"--out={tmp_path / 'bad'}",
+                          "--config.fit_lens.theta_e_std=-0.1"], env=dict(os.environ, XLA_FLAGS=""),
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "theta_e_std=-0.1" in bad.stderr and not (tmp_path / "bad").exists()
