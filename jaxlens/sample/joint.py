@@ -9,20 +9,23 @@ step of the reverse SDE, from t = 1 to 0 (the scheme of GibbsDDRM, in continuous
 2025 use it for lenses):
 
 1. κ moves by Hamiltonian Monte Carlo (blackjax) on log p(κ) + log p_t(y | x_t, κ), with
-   p_t(y | x_t, κ) ≈ N(y; A_κ x_t, σ_n² + σ_t²), the paper's eq. 19 likelihood seen as a function of κ.
-   The mass matrix is the diagonal Fisher information of that likelihood at the lens prior's mean
-   plus the prior precision, so the moves are scaled to the posterior whatever its width.
+   p_t(y | x_t, κ) ≈ N(y; A_κ x̂_0, σ_n² + v_t): x̂_0 = x_t + σ_t² s(x_t) is Tweedie's mean and v_t the mean
+   posterior variance of x_0 given x_t, σ_t²(1 + σ_t² tr ∇s / D), from one Hutchinson probe (floored at
+   0.05 σ_t²). The mass matrix is the diagonal Fisher information of that likelihood at the lens prior's
+   mean plus the prior precision, so the moves are scaled to the posterior whatever its width.
 2. x takes one reverse-SDE step with the posterior score for the current κ, using the chosen
    likelihood term (Tweedie by default), exactly as the known-lens sampler does.
 
-What it samples: every HMC move leaves p_t(κ | x_t, y) of the approximate likelihood invariant, and
-each source step is the known-lens step. If p_t(y | x_t, κ) were exact, the pair would stay distributed
-as p_t(x_t, κ | y) all the way to t = 0 (κ's marginal is p(κ | y) at every t; the κ move leaves the
-joint invariant and the source step carries p_t(x | y, κ) to p_{t−dt}(x | y, κ)). The approximation is
-eq. 19's: at large t the κ moves see a flat likelihood and follow the prior, and κ is pinned down as
-σ_t falls below the noise, where A_κ x_t → A_κ x_0 and the likelihood becomes exact. Where the source
-and lens are strongly degenerate, κ's spread is then closer to p(κ | x_0, y) than to the marginal;
-`docs/validation.md` measures it against a closed form.
+What it samples: every HMC move leaves its target invariant, and each source step is the known-lens step.
+If p_t(y | x_t, κ) were exact, the pair would stay distributed as p_t(x_t, κ | y) all the way to t = 0
+(κ's marginal is p(κ | y) at every t; the κ move leaves the joint invariant and the source step carries
+p_t(x | y, κ) to p_{t−dt}(x | y, κ)). The approximation is the Gaussian with a diagonal covariance: it
+drops the correlations of A_κ Cov[x_0 | x_t] A_κᵀ, which carry the lens information while x_t is noise, so
+κ is pinned mainly as σ_t falls below the source's scale, after the sources have begun to form. Where source
+and lens are degenerate κ's spread is then wider than the marginal's. Gibbs sweeps (re-noise x to an
+intermediate t and run the joint steps to t = 0 again; `jaxlens.fit_lens`) are an MCMC whose kernels leave
+the joint invariant (for exact scores), and shrink that error; `docs/validation.md` measures both against a
+closed form.
 
 A lens parameter whose prior width is 0 is held at its mean; with every width 0 the run is the
 known-lens sampler's, sample for sample (same chain keys).
