@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from jaxlens.lensing import LensParams, check_lens, lens_operator, render
 from jaxlens.prior import LoadedPrior
-from jaxlens.reconstruct import SamplingOptions, _describe, _solver, _write_outputs, check_compatible, n_steps_for
+from jaxlens.reconstruct import SamplingOptions, check_compatible, n_steps_for, write_outputs
 from jaxlens.sample import observe
 from jaxlens.sample.joint import JointStep, LensPrior, lens_table
 from jaxlens.simulation import Problem
@@ -118,7 +118,7 @@ def reconstruct_joint(
     obs = observe(y, problem.sigma_n, lens=problem.lens, geometry=problem.geometry)
     n_steps = n_steps_for(options, prior, shape)
     step = JointStep.make(prior.score_fn(), obs, prior.sde, lens_prior, likelihood=options.likelihood,
-                          solver=_solver(options), leapfrog_steps=fit.leapfrog_steps, step_size=fit.step_size)
+                          solver=options.make_solver(), leapfrog_steps=fit.leapfrog_steps, step_size=fit.step_size)
     setup_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -134,14 +134,14 @@ def reconstruct_joint(
     mean_lens = LensParams(*(float(v) for v in table.mean(axis=0)))
     A_mean, _ = lens_operator(mean_lens, problem.geometry)
     A_truth = lens_operator(truth_lens, problem.geometry)[0] if truth_lens is not None else None
-    summary = _write_outputs(problem, y, samples, A_mean, out_dir, lensed=lensed, A_truth=A_truth)
+    summary = write_outputs(problem, y, samples, A_mean, out_dir, lensed=lensed, A_truth=A_truth)
     summary["lens"] = _lens_summary(table, np.asarray(trace), np.asarray(accept), lens_prior, truth_lens)
     if jax.process_index() == 0:
         _write_lens_outputs(out_dir, table, lens_prior, truth_lens)
     timings = {"setup_s": setup_s, "sampling_s": sampling_s, "outputs_s": time.perf_counter() - t2,
                "total_s": time.perf_counter() - t0}
     summary.update(
-        settings={**(settings or {}), **_describe(options), **dataclasses.asdict(fit), "n_steps": n_steps},
+        settings={**(settings or {}), **options.describe(), **dataclasses.asdict(fit), "n_steps": n_steps},
         n_steps=n_steps, wall_time_s=round(timings["total_s"], 2),
         timings_s={k: round(v, 2) for k, v in timings.items()},
         devices={"count": jax.device_count(), "platform": jax.default_backend()}, jax_version=jax.__version__)

@@ -36,7 +36,7 @@ from jaxlens.sde import stable_steps, step_confidence, steps_for_confidence
 from jaxlens.simulation import Problem, simulated_problem
 
 __all__ = ["DivergedError", "Problem", "SamplingOptions", "check_compatible", "n_steps_for", "reconstruct",
-           "simulated_problem"]
+           "simulated_problem", "write_outputs"]
 
 SOLVERS = ("em", "pc", "ode")
 
@@ -65,6 +65,21 @@ class SamplingOptions:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.n_chains < 1 or self.n_steps < 0 or self.chunk_size < 1:
             raise ValueError(f"need n_chains >= 1, n_steps >= 0 and chunk_size >= 1, got {self}")
+
+    def make_solver(self):
+        """The reverse-SDE integrator object of `solver`."""
+        if self.solver == "pc":
+            return PredictorCorrector(snr=self.snr)
+        if self.solver == "ode":
+            return ProbabilityFlow()
+        return EulerMaruyama()
+
+    def describe(self) -> dict:
+        """The options as JSON: the likelihood by name, with its own options beside it."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["likelihood"] = self.likelihood.name
+        out.update(self.likelihood.options())
+        return out
 
 
 def n_steps_for(options: SamplingOptions, prior: LoadedPrior, shape: tuple[int, ...],
@@ -99,14 +114,6 @@ def n_steps_for(options: SamplingOptions, prior: LoadedPrior, shape: tuple[int, 
     return options.n_steps
 
 
-def _describe(options: SamplingOptions) -> dict:
-    """The options as JSON: the likelihood by name, with its own options beside it."""
-    out = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
-    out["likelihood"] = options.likelihood.name
-    out.update(options.likelihood.options())
-    return out
-
-
 # The fewest steps at which the Tweedie likelihood ran without a diverged chain on 100 held-out lenses
 # (docs/validation.md).
 TWEEDIE_MIN_STEPS = 100
@@ -114,14 +121,6 @@ TWEEDIE_MIN_STEPS = 100
 
 class DivergedError(RuntimeError):
     """Fewer than two chains ended as posterior samples (see `metrics.diverged_chains`)."""
-
-
-def _solver(options: SamplingOptions):
-    if options.solver == "pc":
-        return PredictorCorrector(snr=options.snr)
-    if options.solver == "ode":
-        return ProbabilityFlow()
-    return EulerMaruyama()
 
 
 def check_compatible(problem: Problem, prior: LoadedPrior) -> tuple[int, int, int]:
@@ -165,17 +164,17 @@ def reconstruct(
     t1 = time.perf_counter()
     samples = sample_posterior(
         jax.random.key(options.seed), prior.score_fn(), y, A, AT, problem.sigma_n, prior.sde,
-        options.n_chains, n_steps, likelihood=options.likelihood, solver=_solver(options), denoise=options.denoise,
+        options.n_chains, n_steps, likelihood=options.likelihood, solver=options.make_solver(), denoise=options.denoise,
         chunk_size=options.chunk_size, out_dir=out_dir,  # the chunks go to out_dir/chunks
         progress=options.progress, tag=tag)
     timings["sampling_s"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    summary = _write_outputs(problem, y, samples, A, out_dir)
+    summary = write_outputs(problem, y, samples, A, out_dir)
     timings["outputs_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
     summary.update(
-        settings={**(settings or {}), **_describe(options), "n_steps": n_steps},
+        settings={**(settings or {}), **options.describe(), "n_steps": n_steps},
         n_steps=n_steps,
         wall_time_s=round(timings["total_s"], 2),
         timings_s={k: round(v, 2) for k, v in timings.items()},
@@ -214,7 +213,7 @@ def _posterior_chains(chi2: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray
     return kept, failed
 
 
-def _write_outputs(problem: Problem, y: np.ndarray, samples: np.ndarray, A, out_dir: str, *,
+def write_outputs(problem: Problem, y: np.ndarray, samples: np.ndarray, A, out_dir: str, *,
                    lensed: np.ndarray | None = None, A_truth=None) -> dict:
     """Writes the outputs of a run. `A` models the posterior mean; `lensed` (default: A of each sample)
     is each sample seen through its own lens, and `A_truth` (default: A) lenses the true source."""

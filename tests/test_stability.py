@@ -11,7 +11,7 @@ from astropy.io import fits
 
 from jaxlens.diagnostics import metrics
 from jaxlens.lensing import Geometry, LensParams, lens_operator, normal_operator_norm
-from jaxlens.reconstruct import DivergedError, SamplingOptions, _write_outputs, n_steps_for, simulated_problem
+from jaxlens.reconstruct import DivergedError, SamplingOptions, write_outputs, n_steps_for, simulated_problem
 from jaxlens.reference import dense_operator, gaussian_prior_score, isotropic_gaussian_prior
 from jaxlens.sample import Eq19, Tweedie, sample_posterior
 from jaxlens.sde import VESDE, stable_steps
@@ -64,7 +64,7 @@ def test_outputs_leave_the_diverged_chains_out(tmp_path):
     samples[1] *= 30.0
     samples[4, 3, 3] = np.nan
     with pytest.warns(UserWarning, match=r"2 of 6 chains diverged \(chains \[1, 4\]"):
-        summary = _write_outputs(problem, problem.y, samples, A, str(tmp_path))
+        summary = write_outputs(problem, problem.y, samples, A, str(tmp_path))
     assert summary["diverged_chains"] == [1, 4] and summary["n_chains"] == 6
     assert summary["chi2_nu"][4] is None and summary["chi2_nu"][1] > 100
     kept = samples[[0, 2, 3, 5]]
@@ -77,7 +77,7 @@ def test_outputs_leave_the_diverged_chains_out(tmp_path):
     # With fewer than two chains left there is no posterior to summarise: a clear error, not NaN maps.
     samples[[0, 2, 3]] = np.nan
     with pytest.raises(DivergedError, match="5 of 6 chains diverged"):
-        _write_outputs(problem, problem.y, samples, A, str(tmp_path / "again"))
+        write_outputs(problem, problem.y, samples, A, str(tmp_path / "again"))
 
 
 def test_n_steps_for_respects_the_bound():
