@@ -13,7 +13,6 @@ over the last quarter of each chain's lens trace, and the HMC acceptance rate.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 import warnings
@@ -25,9 +24,9 @@ from tqdm.auto import tqdm
 
 from jaxlens.lensing import LensParams, check_lens, lens_operator, render
 from jaxlens.prior import LoadedPrior
-from jaxlens.reconstruct import SamplingOptions, check_compatible, n_steps_for, write_outputs
+from jaxlens.reconstruct import SamplingOptions, check_compatible, finish_summary, n_steps_for, write_outputs
 from jaxlens.sample import observe
-from jaxlens.sample.joint import JointStep, LensPrior, lens_table
+from jaxlens.sample.joint import JointStep, LensPrior, check_moves, check_widths, lens_table
 from jaxlens.simulation import Problem
 
 __all__ = ["FitLensOptions", "reconstruct_joint"]
@@ -60,13 +59,9 @@ class FitLensOptions:
     refresh_t: float = 0.5
 
     def __post_init__(self):
-        widths = {k: getattr(self, k) for k in ("theta_e_std", "e_std", "center_std", "gamma_std")}
-        bad = [f"{k}={v}" for k, v in widths.items() if not (v >= 0 and v < float("inf"))]
-        if bad:
-            raise ValueError(f"fit_lens widths must be finite and >= 0 (0 holds a parameter), got {', '.join(bad)}")
-        if int(self.leapfrog_steps) != self.leapfrog_steps or self.leapfrog_steps < 1 or not self.step_size > 0:
-            raise ValueError(f"need fit_lens.leapfrog_steps >= 1 and step_size > 0, got {self.leapfrog_steps}, "
-                             f"{self.step_size}")
+        # Checked here, before bin/sample touches --out, with the checks the sampler applies.
+        check_widths({k: getattr(self, k) for k in ("theta_e_std", "e_std", "center_std", "gamma_std")})
+        check_moves(self.leapfrog_steps, self.step_size)
         if self.refresh_cycles < 0 or not 0.0 < self.refresh_t <= 1.0:
             raise ValueError(f"need refresh_cycles >= 0 and 0 < refresh_t <= 1, got {self.refresh_cycles}, "
                              f"{self.refresh_t}")
@@ -140,15 +135,9 @@ def reconstruct_joint(
         _write_lens_outputs(out_dir, table, lens_prior, truth_lens)
     timings = {"setup_s": setup_s, "sampling_s": sampling_s, "outputs_s": time.perf_counter() - t2,
                "total_s": time.perf_counter() - t0}
-    summary.update(
-        settings={**(settings or {}), **options.describe(), **dataclasses.asdict(fit), "n_steps": n_steps},
-        n_steps=n_steps, wall_time_s=round(timings["total_s"], 2),
-        timings_s={k: round(v, 2) for k, v in timings.items()},
-        devices={"count": jax.device_count(), "platform": jax.default_backend()}, jax_version=jax.__version__)
-    if jax.process_index() == 0:
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-    return summary
+    return finish_summary(summary, out_dir, n_steps=n_steps, timings=timings,
+                          settings={**(settings or {}), **options.describe(), **dataclasses.asdict(fit),
+                                    "n_steps": n_steps})
 
 
 def _lens_summary(table, trace, accept, lens_prior: LensPrior, truth: LensParams | None) -> dict:

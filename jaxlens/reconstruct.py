@@ -36,7 +36,7 @@ from jaxlens.sde import stable_steps, step_confidence, steps_for_confidence
 from jaxlens.simulation import Problem, simulated_problem
 
 __all__ = ["DivergedError", "Problem", "SamplingOptions", "check_compatible", "n_steps_for", "reconstruct",
-           "simulated_problem", "write_outputs"]
+           "simulated_problem", "finish_summary", "write_outputs"]
 
 SOLVERS = ("em", "pc", "ode")
 
@@ -173,8 +173,14 @@ def reconstruct(
     summary = write_outputs(problem, y, samples, A, out_dir)
     timings["outputs_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
+    return finish_summary(summary, out_dir, settings={**(settings or {}), **options.describe(), "n_steps": n_steps},
+                          n_steps=n_steps, timings=timings)
+
+
+def finish_summary(summary: dict, out_dir: str, *, settings: dict, n_steps: int, timings: dict) -> dict:
+    """Adds the settings, timings and machine to a run's summary and writes summary.json (process 0)."""
     summary.update(
-        settings={**(settings or {}), **options.describe(), "n_steps": n_steps},
+        settings=settings,
         n_steps=n_steps,
         wall_time_s=round(timings["total_s"], 2),
         timings_s={k: round(v, 2) for k, v in timings.items()},

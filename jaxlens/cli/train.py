@@ -39,6 +39,7 @@ def main(argv) -> None:
 def train_from_config(config, workdir: str, *, mesh=None):
     """Config → data, model, SDE and options; then `jaxlens.train.train` (on `mesh`, default all devices)."""
     from jaxlens import data, train
+    from jaxlens.prior import model_from_architecture
     from jaxlens.sde import VESDE, sigma_max_from_data
 
     def open_split(split: str):
@@ -55,14 +56,17 @@ def train_from_config(config, workdir: str, *, mesh=None):
              config.data.npix, config.data.npix, time.perf_counter() - t0)
 
     sigma_max = common.parse_sigma_max(config.sde.sigma_max)
+    sigma_data = common.parse_sigma_data(config.model.sigma_data)
+    # "auto" values are measured on the training images, read once for both.
+    images = data.all_images(source) if sigma_max is None or sigma_data is None else None
     if sigma_max is None:
-        sigma_max = sigma_max_from_data(data.all_images(source))
+        sigma_max = sigma_max_from_data(images)
         log.info("sigma_max from data (largest pairwise distance): %.4f", sigma_max)
     sde = VESDE(sigma_min=float(config.sde.sigma_min), sigma_max=sigma_max)
-    sigma_data = common.parse_sigma_data(config.model.sigma_data)
     if sigma_data is None:
-        sigma_data = float(np.std(data.all_images(source)))
+        sigma_data = float(np.std(images))
         log.info("sigma_data from data (pixel standard deviation): %.4f", sigma_data)
+    del images
     arch = common.architecture(config, sigma_data=sigma_data)
 
     t = config.training
@@ -79,7 +83,7 @@ def train_from_config(config, workdir: str, *, mesh=None):
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     return train.train(
-        model=common.build_model(config, sigma_data=arch.get("sigma_data", 0.0)),
+        model=model_from_architecture(arch, dtype=common.compute_dtype(config)),
         model_meta=arch,
         image_shape=shape,
         batch_fn=batch_fn,

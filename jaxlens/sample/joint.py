@@ -48,7 +48,7 @@ from jaxlens.sample.observation import Observation
 from jaxlens.sample.solvers import EulerMaruyama, Solver
 from jaxlens.sde import VESDE
 
-__all__ = ["JointRun", "LensPrior", "joint_chains"]
+__all__ = ["JointRun", "JointStep", "LensPrior", "check_moves", "check_widths", "joint_chains"]
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 FIELDS = LensParams._fields
@@ -56,6 +56,21 @@ FIELDS = LensParams._fields
 MAX_ELLIPTICITY = 0.95
 # Smallest Var[x_0 | x_t] / σ_t² the lens moves use (see JointStep.advance).
 VARIANCE_FLOOR = 0.05
+
+
+def check_widths(widths: dict[str, float]) -> None:
+    """Raises unless every lens-prior width is finite and >= 0 (0 holds a parameter fixed)."""
+    bad = [f"{k}={s}" for k, s in widths.items() if not (s >= 0 and math.isfinite(s))]
+    if bad:
+        raise ValueError(f"lens prior widths must be finite and >= 0 (0 holds a parameter), got {', '.join(bad)}")
+
+
+def check_moves(leapfrog_steps, step_size) -> None:
+    """Raises unless the HMC move has a positive Python int of leapfrog steps and a step size > 0."""
+    if isinstance(leapfrog_steps, bool) or not isinstance(leapfrog_steps, int) or leapfrog_steps < 1:
+        raise ValueError(f"leapfrog_steps must be a positive Python int, got {leapfrog_steps!r}")
+    if not step_size > 0:
+        raise ValueError(f"step_size must be > 0, got {step_size}")
 
 
 @flax.struct.dataclass
@@ -80,9 +95,7 @@ class LensPrior:
     def make(cls, mean: LensParams, std: LensParams) -> "LensPrior":
         """Validates the widths (concrete floats >= 0) and the mean (inside the bounds)."""
         std = LensParams(*(float(s) for s in std))
-        bad = [f"{k}={s}" for k, s in zip(FIELDS, std) if not (s >= 0 and math.isfinite(s))]
-        if bad:
-            raise ValueError(f"lens prior widths must be finite and >= 0, got {', '.join(bad)}")
+        check_widths(dict(zip(FIELDS, std)))
         mean = LensParams(*(jnp.asarray(m, jnp.result_type(float)) for m in mean))
         if not any(isinstance(m, jax.core.Tracer) for m in mean):
             m = LensParams(*(float(v) for v in mean))
@@ -97,6 +110,11 @@ class LensPrior:
     def free(self) -> tuple[int, ...]:
         """Indices (into LensParams) of the parameters that are sampled."""
         return tuple(i for i, s in enumerate(self.std) if s > 0)
+
+    @property
+    def free_std(self) -> jax.Array:
+        """The widths of the free parameters, [n_free]."""
+        return jnp.asarray([self.std[i] for i in self.free], jnp.result_type(float))
 
     def lens(self, u: jax.Array | None) -> LensParams:
         """The lens whose free parameters are the vector u [n_free] and the others the mean."""
@@ -113,7 +131,7 @@ class LensPrior:
 
     def log_prob(self, u: jax.Array) -> jax.Array:
         """log p(κ) of the free parameters u, up to a constant; −inf outside the bounds."""
-        mean, std = self.vector(self.mean), jnp.asarray([self.std[i] for i in self.free], u.dtype)
+        mean, std = self.vector(self.mean), self.free_std.astype(u.dtype)
         lens = self.lens(u)
         inside = (lens.theta_e > 0) & (jnp.hypot(lens.e1, lens.e2) < MAX_ELLIPTICITY)
         return jnp.where(inside, -0.5 * jnp.sum(jnp.square((u - mean) / std)), -jnp.inf)
@@ -122,7 +140,7 @@ class LensPrior:
         """One draw of the free parameters from the prior, inside the bounds (by resampling)."""
         if not self.free:
             return self.vector(self.mean)
-        mean, std = self.vector(self.mean), jnp.asarray([self.std[i] for i in self.free])
+        mean, std = self.vector(self.mean), self.free_std
 
         def draw(k):
             return mean + std * jax.random.normal(k, mean.shape, mean.dtype)
@@ -218,10 +236,7 @@ class JointStep:
              leapfrog_steps=3, step_size=0.5) -> "JointStep":
         if observation.geometry is None:
             raise ValueError("joint sampling needs an observation made with lens= and geometry=, not A= and AT=")
-        if isinstance(leapfrog_steps, bool) or not isinstance(leapfrog_steps, int) or leapfrog_steps < 1:
-            raise ValueError(f"leapfrog_steps must be a positive Python int, got {leapfrog_steps!r}")
-        if not step_size > 0:
-            raise ValueError(f"step_size must be > 0, got {step_size}")
+        check_moves(leapfrog_steps, step_size)
         # The lens changes from step to step: never keep a bound operator.
         return cls(prior_score, observation.replace(operator=None), sde, lens_prior, likelihood, solver,
                    leapfrog_steps, float(step_size))
@@ -271,7 +286,7 @@ class JointStep:
         # kernel is one fixed HMC kernel given x_t) plus the prior precision.
         jac = jax.jacfwd(image)(mean)
         fisher = jnp.sum(jnp.square(jac), axis=tuple(range(jac.ndim - 1)))
-        precision = jnp.asarray([self.lens_prior.std[i] ** -2.0 for i in self.free], fisher.dtype)
+        precision = self.lens_prior.free_std.astype(fisher.dtype) ** -2.0
         inv_mass = jax.lax.stop_gradient(1.0 / (fisher + precision))
         hmc = blackjax.hmc(logdensity, self.step_size, inv_mass, self.leapfrog_steps)
         state, info = hmc.step(key, hmc.init(u))
@@ -316,8 +331,7 @@ class JointStep:
                 def advance_x(z):
                     return self.solver.step(score, self.sde, z, t, dt, jax.random.fold_in(k_path, i))
 
-                x_next = jax.lax.cond(i < n_steps, advance_x, lambda z: z, x)
-                return (x_next, u), (u, accept)
+                return (advance_x(x), u), (u, accept)
 
             (x, u), (trace, accept) = jax.lax.scan(body, (x, u), jnp.asarray(step_indices, jnp.int32))
             return x, u, trace, accept

@@ -126,39 +126,33 @@ def train(
                dynamic_ncols=True)
     t0 = time.perf_counter()
     with open(metrics_path, "a") as log_file:
+
+        def log_row(row: dict) -> None:
+            if jax.process_index() == 0:
+                log_file.write(json.dumps({**row, "elapsed_s": round(time.perf_counter() - t0, 3)}) + "\n")
+                log_file.flush()
+
         for step in range(start, options.steps):
             # batch_fn gives this process's slice of the global batch.
             batch = jax.make_array_from_process_local_data(sharded, np.asarray(batch_fn(step), np.float32))
             state, metrics = step_fn(state, batch, jax.random.fold_in(step_key, step))
             done = step + 1
             if done % options.log_every == 0 or done == options.steps:
-                row = {"step": done, "loss": float(metrics["loss"]),
-                       "grad_norm": float(metrics["grad_norm"]),
-                       "elapsed_s": round(time.perf_counter() - t0, 3)}
-                if not np.isfinite(row["loss"]):
+                loss = float(metrics["loss"])
+                if not np.isfinite(loss):
                     raise FloatingPointError(f"loss became non-finite at step {done}")
-                if jax.process_index() == 0:
-                    log_file.write(json.dumps(row) + "\n")
-                    log_file.flush()
-                bar.set_postfix(loss=f"{row['loss']:.4g}")
+                log_row({"step": done, "loss": loss, "grad_norm": float(metrics["grad_norm"])})
+                bar.set_postfix(loss=f"{loss:.4g}")
             bar.update(1)
             if done % options.checkpoint_every == 0 or done == options.steps:
                 ckpt.save(mngr, done, state, meta)
                 if options.grid_samples > 0:
                     _sample_grid(state, model, sde, image_shape, options, grid_key, workdir, done)
                 if quality_data is not None and options.val_images > 0:
-                    row = {"step": done, **_validation(state, model, sde, options, val_key, quality_data),
-                           "elapsed_s": round(time.perf_counter() - t0, 3)}
-                    if jax.process_index() == 0:
-                        log_file.write(json.dumps(row) + "\n")
-                        log_file.flush()
+                    log_row({"step": done, **_validation(state, model, sde, options, val_key, quality_data)})
             if options.quality_every > 0 and (done % options.quality_every == 0 or done == options.steps):
-                row = {"step": done, "prior_quality": _prior_quality(state, model, sde, image_shape, options,
-                                                                     grid_key, quality_data),
-                       "elapsed_s": round(time.perf_counter() - t0, 3)}
-                if jax.process_index() == 0:
-                    log_file.write(json.dumps(row) + "\n")
-                    log_file.flush()
+                log_row({"step": done, "prior_quality": _prior_quality(state, model, sde, image_shape, options,
+                                                                       grid_key, quality_data)})
     bar.close()
     mngr.wait_until_finished()
     mngr.close()
