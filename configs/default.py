@@ -99,6 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
     p.cg_maxiter = Eq12.cg_maxiter  # eq12: CG iteration cap
     p.lanczos_cap = Tweedie.lanczos_cap  # tweedie: most Jacobian-vector products per step
     p.lanczos_tol = Tweedie.lanczos_tol  # tweedie: relative tolerance of the Lanczos solve
+    p.drift_tol = Tweedie.drift_tol  # tweedie: stop the solve once it moves the drift less than this (0: off)
     p.solver = "em"  # em (the paper) | pc | ode
     p.snr = 0.16  # Langevin corrector signal-to-noise (solver=pc)
     p.denoise = False  # final Tweedie denoising step
@@ -116,4 +117,5 @@ def get_config() -> ml_collections.ConfigDict:
     f.step_size = 0.5
     f.refresh_cycles = 0
     f.refresh_t = 0.5
+    f.n_steps = 200  # one lens move per step: the lens needs more than the source alone (0: sampling.n_steps)
     return c

@@ -47,7 +47,7 @@ def main() -> None:
     def likelihood_score(cap):
         # y and the lens are traced (Aᵀ by linear transposition), so each cap compiles once for every lens.
         def fn(x, t, y, lens):
-            return Tweedie(lanczos_cap=cap).score(score, observe(y, sigma_n, lens=lens, geometry=geo), x, t, sde)
+            return Tweedie(lanczos_cap=cap, drift_tol=0).score(score, observe(y, sigma_n, lens=lens, geometry=geo), x, t, sde)
         return jax.jit(fn)
 
     fns = {c: likelihood_score(c) for c in caps}

@@ -2,7 +2,8 @@
 
   python -m experiments.coverage [--checkpoint checkpoints/procedural_64] [--lenses 100] [--samples 2]
       [--n-steps 200] [--modes eq19,tweedie,dps]  (each mode[:lenses[:steps]]; also 'prior')
-      [--references 64] [--lens-batch 16] [--solve-cap 20] [--truths procedural|prior] [--truth-steps 3000]
+      [--references 64] [--lens-batch 16] [--solve-cap 20] [--drift-tol 0.05] [--truths procedural|prior]
+      [--truth-steps 3000]
       [--seed 0] [--workdir out/coverage] [--figdir out/coverage] [--markdown FILE]
 
 Results go to --workdir/coverage.json; the table is printed, and appended to --markdown only if given.
@@ -13,7 +14,8 @@ settings reuses them and runs only the lenses not yet done. For each mode it rep
 2023) in the source plane, its largest distance from the diagonal with a bootstrap error, the
 signed area (< 0 over-confident), the spread/skill ratio (1 when the truth is
 exchangeable with the samples), the median χ²_ν, the per-sample source error, the number of
-non-finite samples, the cost per step in network evaluations and the wall time per sample.
+non-finite samples, the network evaluations per sample (counted as the chains ran) and the wall
+time per sample.
 
 Mode `prior` draws unconditional samples (the same sampler with no likelihood term) and
 scores them against the same sources: how far the prior alone is from the data, the reference
@@ -46,11 +48,10 @@ import numpy as np
 from configs import procedural_64
 from jaxlens import io
 from jaxlens.cli import common
-from jaxlens.cli.throughput import seconds_per_state
 from jaxlens.diagnostics import coverage_bias, coverage_plot, max_calibration_error, metrics, tarp_bootstrap
 from jaxlens.lensing import lens_operator
 from jaxlens.prior import load_prior
-from jaxlens.sample import (Eq12, Tweedie, likelihood_from_name, observe, posterior_score, sample_observations,
+from jaxlens.sample import (Eq12, Tweedie, likelihood_from_name, observe, sample_observations,
                             sample_prior)
 from jaxlens.sde import step_confidence
 from jaxlens.simulation import held_out_problems
@@ -61,25 +62,16 @@ SOLVES = {"eq12": "cg", "tweedie": "lanczos gain, negative curvature dropped"}
 MODES = ("eq19", "eq12", "tweedie", "dps", "prior")
 
 
-def term_of(mode: str, solve_cap: int):
-    """The likelihood term of a mode (None for 'prior'); --solve-cap sets eq12's CG and tweedie's Lanczos cap."""
+def term_of(mode: str, solve_cap: int, drift_tol: float = 0.0):
+    """The likelihood term of a mode (None for 'prior'); --solve-cap sets eq12's CG and tweedie's Lanczos cap,
+    --drift-tol tweedie's."""
     if mode == "prior":
         return None
     if mode == "eq12":
         return Eq12(cg_maxiter=solve_cap)
     if mode == "tweedie":
-        return Tweedie(lanczos_cap=solve_cap)
+        return Tweedie(lanczos_cap=solve_cap, drift_tol=drift_tol)
     return likelihood_from_name(mode)
-
-
-def step_cost(prior, term, obs, shape, batch: int, t: float = 0.5) -> tuple[float, float]:
-    """(seconds per chain-step, network evaluations per step) of one posterior-score call at `batch`."""
-    score = prior.score_fn()
-    post = jax.jit(jax.vmap(posterior_score(score, term, obs, prior.sde), in_axes=(0, None)))
-    net = jax.jit(jax.vmap(score, in_axes=(0, None)))
-    x, tt = 0.05 * jnp.ones((batch,) + shape), jnp.float32(t)
-    per_step = seconds_per_state(post, x, tt)
-    return per_step, per_step / seconds_per_state(net, x, tt)
 
 
 def prior_sources(prior, shape, n: int, n_steps: int, args) -> np.ndarray:
@@ -107,8 +99,9 @@ def sampling_key(seed: int) -> jax.Array:
     return jax.random.key(seed + 7)
 
 
-def sample_mode(mode, prior, geo, shape, problems, n_steps, args, settings) -> tuple[np.ndarray, float]:
-    """[n_lenses, samples + 1, H, W, C] posterior samples and the wall time, cached in --workdir.
+def sample_mode(mode, prior, geo, shape, problems, n_steps, args, settings) -> tuple[np.ndarray, np.ndarray, float]:
+    """[n_lenses, samples + 1, H, W, C] posterior samples, their network evaluations [n_lenses, samples + 1]
+    and the wall time, cached in --workdir.
 
     Lens k's samples depend only on k (see `sample_observations`), so a cache made with fewer
     lenses is extended rather than redone, and the cache is saved after every lens batch: a long
@@ -116,28 +109,33 @@ def sample_mode(mode, prior, geo, shape, problems, n_steps, args, settings) -> t
     """
     path = os.path.join(args.workdir, f"{mode}.npz")
     samples, wall = np.zeros((0, args.samples + 1) + shape, np.float32), 0.0
+    evaluations = np.zeros((0, args.samples + 1), np.int64)
     if os.path.exists(path):
         cached = np.load(path)
         kept = json.loads(str(cached["settings"]))
         # The solve cap does not change the modes without a solve (older caches recorded it for all).
-        ignored = {"lenses"} | (set() if mode in SOLVES else {"solve_cap"})
-        if {k: v for k, v in kept.items() if k not in ignored} == settings:
+        ignored = {"lenses"} | (set() if mode in SOLVES else {"solve_cap", "drift_tol"})
+        if {k: v for k, v in kept.items() if k not in ignored} == settings and "evaluations" in cached:
             samples, wall = cached["samples"][: len(problems)], float(cached["wall"])
+            evaluations = cached["evaluations"][: len(problems)]
             wall *= len(samples) / len(cached["samples"])
             print(f"{mode}: {len(samples)} of {len(problems)} lenses' samples loaded from {path}")
     if len(samples) == len(problems):
-        return samples, wall
+        return samples, evaluations, wall
     todo = problems[len(samples):]
     for b in range(0, len(todo), args.lens_batch):
         part = [observe(p.y, p.sigma_n, lens=p.lens, geometry=geo) for p in todo[b : b + args.lens_batch]]
         t0 = time.perf_counter()
-        new = sample_observations(sampling_key(args.seed), prior.score_fn(), part, prior.sde,
-                                  likelihood=term_of(mode, args.solve_cap), n_chains=args.samples + 1,
-                                  n_steps=n_steps, batch=args.lens_batch, first=len(samples))
+        new, cost = sample_observations(sampling_key(args.seed), prior.score_fn(), part, prior.sde,
+                                        likelihood=term_of(mode, args.solve_cap, args.drift_tol),
+                                        n_chains=args.samples + 1, n_steps=n_steps, batch=args.lens_batch,
+                                        first=len(samples), return_cost=True)
         samples, wall = np.concatenate([samples, new]), wall + time.perf_counter() - t0
+        evaluations = np.concatenate([evaluations, cost])
         os.makedirs(args.workdir, exist_ok=True)
-        np.savez(path, samples=samples, wall=wall, settings=json.dumps(dict(settings, lenses=len(samples))))
-    return samples, wall
+        np.savez(path, samples=samples, evaluations=evaluations, wall=wall,
+                 settings=json.dumps(dict(settings, lenses=len(samples))))
+    return samples, evaluations, wall
 
 
 def evaluate(samples, problems, geo, args) -> dict:
@@ -181,6 +179,7 @@ def main() -> None:
     ap.add_argument("--references", type=int, default=64, help="TARP reference draws per lens, averaged")
     ap.add_argument("--lens-batch", type=int, default=16, help="lenses per compiled call")
     ap.add_argument("--solve-cap", type=int, default=20, help="CG cap of 'eq12', Lanczos cap of 'tweedie'")
+    ap.add_argument("--drift-tol", type=float, default=Tweedie.drift_tol, help="tweedie's drift_tol (0: off)")
     ap.add_argument("--truths", choices=("procedural", "prior"), default="procedural",
                     help="the lenses' sources: held-out procedural galaxies, or draws of the prior itself "
                          "(the self-consistent test; use its own --workdir)")
@@ -211,19 +210,17 @@ def main() -> None:
         sources = prior_sources(prior, shape, args.lenses, args.truth_steps, args)
         settings.update(truths="prior", truth_steps=args.truth_steps)
     problems = held_out_problems(args.lenses, args.seed, geo, sigma_n, sources)
-    obs0 = observe(problems[0].y, sigma_n, lens=problems[0].lens, geometry=geo)
-    batch = args.lens_batch * (args.samples + 1)
     rows, curves = [], {}
     for mode, (n, n_steps) in modes.items():
-        per_step, evals = step_cost(prior, term_of(mode, args.solve_cap), obs0, shape, batch)
         # A cache made by another linear solve (tweedie used plain CG before 2026-11-27) is not reused.
         solve = {"solve": SOLVES[mode], "solve_cap": args.solve_cap} if mode in SOLVES else {}
-        samples, wall = sample_mode(mode, prior, geo, shape, problems[:n], n_steps, args,
-                                    dict(settings, n_steps=n_steps, **solve))
+        if mode == "tweedie":
+            solve["drift_tol"] = args.drift_tol
+        samples, evaluations, wall = sample_mode(mode, prior, geo, shape, problems[:n], n_steps, args,
+                                                 dict(settings, n_steps=n_steps, **solve))
         r = evaluate(samples, problems[:n], geo, args)
-        per_chain_step = wall / (n * (args.samples + 1) * n_steps)
-        r.update(mode=mode, lenses=n, n_steps=n_steps, evals=evals, per_sample=wall / (n * (args.samples + 1)), per_step=per_step,
-                 evals_run=per_chain_step / (per_step / evals))
+        r.update(mode=mode, lenses=n, n_steps=n_steps, evals=float(evaluations.mean()),
+                 evals_max=int(evaluations.max()), per_sample=wall / (n * (args.samples + 1)))
         rows.append(r)
         if "curve" in r:
             curves[f"{mode} ({n} lenses, N = {n_steps})"] = r["curve"]
@@ -254,15 +251,16 @@ def main() -> None:
         f"(training step {prior.meta.get('step', '?')}); up to {args.lenses} held-out lenses at σ_n = {sigma_n:g}, "
         f"{truths_text}, "
         f"{args.samples} posterior samples each (+1 for the noise floor), N Euler–Maruyama steps (p(N): "
-        f"Technique 2's confidence), solve cap {args.solve_cap}; TARP in the source plane, Euclidean distance in pixel "
+        f"Technique 2's confidence), solve cap {args.solve_cap}, drift tolerance {args.drift_tol:g}; TARP in the "
+        "source plane, Euclidean distance in pixel "
         f"units, {args.references} reference points per lens, ±: bootstrap std over lenses.", "",
         f"Command: `python -m experiments.coverage {' '.join(sys.argv[1:])}`".replace("  ", " "), "",
         "| mode | lenses | N (p(N)) | max \\|ECP − α\\| | signed area | noise floor (exchangeable) | spread / skill | χ²_ν median | source error "
-        "per sample | non-finite lenses | network evals / step at t = 0.5 | over the run | s / sample |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "per sample | non-finite lenses | network evals / sample (mean, max) | s / sample |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(f"| {r['mode']} | {r['lenses']} | {r['n_steps']} ({p_of(r['n_steps']):.2f}) | {fmt(r, 'max_dev', '.3f')} ± {fmt(r, 'max_dev_std', '.3f')} | {fmt(r, 'bias', '+.3f')} "
           f"| {fmt(r, 'floor_dev', '.3f')} | {fmt(r, 'spread_skill', '.3f')} ± {fmt(r, 'spread_skill_std', '.3f')} | {fmt(r, 'chi2', '.3f')} | {fmt(r, 'err', '.3f')} | "
-          f"{r['non_finite_lenses']} | {r['evals']:.1f} | {r['evals_run']:.1f} | {r['per_sample']:.1f} |"
+          f"{r['non_finite_lenses']} | {r['evals']:.0f}, {r['evals_max']} | {r['per_sample']:.1f} |"
           for r in rows),
         "", f"Figure: {os.path.join(args.figdir, 'tarp.png')}", "",
     ]

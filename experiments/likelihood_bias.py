@@ -62,7 +62,7 @@ SECTION = "## Likelihood bias on an analytic Gaussian prior"
 
 def _term(mode: str, cap: int):
     """The mode's term with --solve-cap as eq12's CG cap and tweedie's Lanczos cap."""
-    return {"eq12": Eq12(cg_maxiter=cap), "tweedie": Tweedie(lanczos_cap=cap)}.get(mode) or likelihood_from_name(mode)
+    return {"eq12": Eq12(cg_maxiter=cap), "tweedie": Tweedie(lanczos_cap=cap, drift_tol=0)}.get(mode) or likelihood_from_name(mode)
 
 
 def _stats(mean, std, ref_mean, ref_std):

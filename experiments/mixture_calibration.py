@@ -1,7 +1,7 @@
 """The likelihood terms against an exact posterior on a non-Gaussian (Gaussian-mixture) prior.
 
   python -m experiments.mixture_calibration [--sims 50] [--chains 32] [--n-steps 200]
-      [--priors locations,scales] [--sigma-n 0.05,0.2] [--modes exact,tweedie,eq19] [--lanczos-cap 5]
+      [--priors locations,scales] [--sigma-n 0.05,0.2] [--modes exact,tweedie,eq19] [--lanczos-cap 5] [--drift-tol 0]
       [--jacobian-error 0.1] [--json out/mixture.json]
 
 Tweedie takes p(x₀ | x_t) to be Gaussian. On a Gaussian prior that is exact, so the analytic
@@ -47,7 +47,7 @@ from jaxlens.diagnostics import metrics
 from jaxlens.lensing import Geometry, LensParams, lens_operator
 from jaxlens.reference import (dense_operator, mixture_moments, mixture_posterior, mixture_prior,
                                mixture_prior_sample, mixture_prior_score, smooth_gaussian_prior)
-from jaxlens.sample import Tweedie, prior_chains, sample_posterior
+from jaxlens.sample import EulerMaruyama, Tweedie, likelihood_from_name, observe, posterior_chains, prior_chains
 from jaxlens.sde import VESDE
 
 SHAPE = (16, 16, 1)
@@ -103,13 +103,25 @@ def with_jacobian_error(score_fn, delta: float, dim: int, seed: int = 0):
     return score
 
 
-def _exact_chains(n_chains: int, n_steps: int):
+def _exact_chains(n_chains: int, n_steps: int, solver):
     """The core's chains under the exact diffused posterior score (a mixture, sampled as a prior with no
     likelihood term); the posterior is an argument, so one compilation serves every simulation."""
 
     @jax.jit
     def run(key, post):
-        return prior_chains(key, mixture_prior_score(post, SDE), SDE, SHAPE, n_chains=n_chains, n_steps=n_steps)
+        return prior_chains(key, mixture_prior_score(post, SDE), SDE, SHAPE, n_chains=n_chains, n_steps=n_steps,
+                            solver=solver, with_cost=True)
+
+    return run
+
+
+def _posterior_chains(score, term, sigma_n, Ad, ATd, n_chains: int, n_steps: int, solver):
+    """The core's chains with a likelihood term; y is an argument, so one compilation serves every simulation."""
+
+    @jax.jit
+    def run(key, y):
+        return posterior_chains(key, score, observe(y, sigma_n, A=Ad, AT=ATd), SDE, likelihood=term,
+                                n_chains=n_chains, n_steps=n_steps, solver=solver, with_cost=True)
 
     return run
 
@@ -128,7 +140,9 @@ def _weight_error(post, xs):
     return 0.5 * np.abs(frac - post.weights).sum()
 
 
-def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, seed=0, jacobian_error=0.0):
+def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, seed=0, jacobian_error=0.0,
+                solver=EulerMaruyama(), drift_tol=0.0):
+    """One (prior, σ_n) cell: each mode's pooled accuracy, divergences, seconds and network evaluations."""
     prior = make_prior(prior_name)
     A, _ = lens_operator(LENS, GEOM)
     M = dense_operator(A, SHAPE)
@@ -138,10 +152,14 @@ def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, 
     score = mixture_prior_score(prior, SDE)
     if jacobian_error:
         score = with_jacobian_error(score, jacobian_error, int(np.prod(SHAPE)))
-    exact = _exact_chains(chains, n_steps)
+    exact = _exact_chains(chains, n_steps, solver)
+    terms = {m: Tweedie(lanczos_cap=lanczos_cap, drift_tol=drift_tol) if m == "tweedie" else likelihood_from_name(m)
+             for m in modes if m not in ("draws", "exact")}
+    posterior = {m: _posterior_chains(score, term, sigma_n, Ad, ATd, chains, n_steps, solver)
+                 for m, term in terms.items()}
     truths = np.asarray(mixture_prior_sample(jax.random.key(seed), prior, sims), np.float64)
     rng = np.random.default_rng(seed)
-    acc = {m: {"samples": [], "mean_sq": [], "w_err": []} for m in modes}
+    acc = {m: {"samples": [], "mean_sq": [], "w_err": [], "evaluations": []} for m in modes}
     exact_trace = np.zeros(sims)  # tr Cov of each simulation's exact posterior, shared by every mode
     seconds = {m: 0.0 for m in modes}
     for i in tqdm(range(sims), desc=f"{prior_name} σ_n={sigma_n}", leave=False):
@@ -153,13 +171,12 @@ def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, 
         for m in modes:
             t0 = time.perf_counter()
             if m == "draws":
-                xs = mixture_prior_sample(key, post, chains)
+                xs, cost = mixture_prior_sample(key, post, chains), 0
             elif m == "exact":
-                xs = exact(key, jax.tree.map(jnp.asarray, post))
+                xs, cost = exact(key, jax.tree.map(jnp.asarray, post))
             else:
-                xs = sample_posterior(key, score, jnp.asarray(y, jnp.float32), Ad, ATd, sigma_n, SDE, chains,
-                                      n_steps, likelihood=Tweedie(lanczos_cap=lanczos_cap) if m == "tweedie" else m,
-                                      progress=False)
+                xs, cost = posterior[m](key, jnp.asarray(y, jnp.float32))
+            acc[m]["evaluations"].append(np.mean(cost))
             xs = np.asarray(xs, np.float64)
             seconds[m] += time.perf_counter() - t0
             flat = xs.reshape(chains, -1)
@@ -181,6 +198,7 @@ def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, 
             "weight_err": float(np.mean(np.asarray(a["w_err"])[finite])),
             "spread_skill": ratio, "spread_skill_err": err,
             "diverged": int((~finite).sum()), "seconds_per_sim": seconds[m] / sims,
+            "evaluations_per_sample": float(np.mean(a["evaluations"])),
         }
     return rows
 
@@ -194,6 +212,7 @@ def main() -> None:
     ap.add_argument("--sigma-n", default="0.05,0.2")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--lanczos-cap", type=int, default=5)
+    ap.add_argument("--drift-tol", type=float, default=0.0, help="tweedie's drift tolerance (0: off)")
     ap.add_argument("--jacobian-error", type=float, default=0.0,
                     help="relative error δ of the prior score's Jacobian as tweedie sees it (see with_jacobian_error)")
     ap.add_argument("--seed", type=int, default=0)
@@ -206,17 +225,18 @@ def main() -> None:
     print(f"# mixture calibration, {env['date']}, {env['cpu']}, {env['cores']} cores, JAX {env['jax']}")
     print(f"# {args.sims} simulations x {args.chains} chains, N = {args.n_steps}, tweedie cap {args.lanczos_cap}"
           + (f", Jacobian error δ = {args.jacobian_error}" if args.jacobian_error else ""))
-    print("| prior | σ_n | mode | var ratio | mean err | weight err | spread/skill | diverged | s / sim |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| prior | σ_n | mode | var ratio | mean err | weight err | spread/skill | diverged | evals / sample "
+          "| s / sim |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     out = []
     for p in args.priors.split(","):
         for s in (float(v) for v in args.sigma_n.split(",")):
             rows = run_setting(p, s, modes, args.sims, args.chains, args.n_steps, args.lanczos_cap, args.seed,
-                               args.jacobian_error)
+                               args.jacobian_error, drift_tol=args.drift_tol)
             for m, r in rows.items():
                 print(f"| {p} | {s} | {m} | {r['var_ratio']:.3f} | {r['mean_err']:.2f} | {r['weight_err']:.3f} | "
                       f"{r['spread_skill']:.3f} ± {r['spread_skill_err']:.3f} | {r['diverged']} | "
-                      f"{r['seconds_per_sim']:.2f} |", flush=True)
+                      f"{r['evaluations_per_sample']:.0f} | {r['seconds_per_sim']:.2f} |", flush=True)
                 out.append({"prior": p, "sigma_n": s, "mode": m, **r})
     print("wrote", io.write_results(args.json, {"command": sys.argv, "args": vars(args), "rows": out}))
 

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from jaxlens.lensing import LensParams, check_lens, lens_operator, render
 from jaxlens.prior import LoadedPrior
-from jaxlens.reconstruct import SamplingOptions, check_compatible, finish_summary, n_steps_for, write_outputs
+from jaxlens.reconstruct import (SamplingOptions, check_compatible, evaluation_summary, finish_summary, n_steps_for,
+                                 write_outputs)
 from jaxlens.sample import observe
 from jaxlens.sample.joint import JointStep, LensPrior, check_moves, check_widths, lens_table
 from jaxlens.simulation import Problem
@@ -47,6 +48,8 @@ class FitLensOptions:
       refresh_cycles: Gibbs sweeps after the first pass: each re-noises the sources to `refresh_t`
         and runs the joint steps from there to t = 0 again (docs/validation.md measures what they buy).
       refresh_t: the time the sweeps restart from.
+      n_steps: the joint run's diffusion steps, one lens move each (0: the source sampler's N). The
+        lens needs more moves than the source needs steps, so it has its own.
     """
 
     theta_e_std: float = 0.1
@@ -57,14 +60,15 @@ class FitLensOptions:
     step_size: float = 0.5
     refresh_cycles: int = 0
     refresh_t: float = 0.5
+    n_steps: int = 200
 
     def __post_init__(self):
         # Checked here, before bin/sample touches --out, with the checks the sampler applies.
         check_widths({k: getattr(self, k) for k in ("theta_e_std", "e_std", "center_std", "gamma_std")})
         check_moves(self.leapfrog_steps, self.step_size)
-        if self.refresh_cycles < 0 or not 0.0 < self.refresh_t <= 1.0:
-            raise ValueError(f"need refresh_cycles >= 0 and 0 < refresh_t <= 1, got {self.refresh_cycles}, "
-                             f"{self.refresh_t}")
+        if self.n_steps < 0 or self.refresh_cycles < 0 or not 0.0 < self.refresh_t <= 1.0:
+            raise ValueError(f"need n_steps >= 0, refresh_cycles >= 0 and 0 < refresh_t <= 1, got {self.n_steps}, "
+                             f"{self.refresh_cycles}, {self.refresh_t}")
 
     def lens_prior(self, guess: LensParams) -> LensPrior:
         return LensPrior.around(guess, theta_e=self.theta_e_std, e=self.e_std, center=self.center_std,
@@ -73,13 +77,14 @@ class FitLensOptions:
 
 def run_joint(step: JointStep, key: jax.Array, n_chains: int, n_steps: int, fit: FitLensOptions, *,
               segment: int = 10, progress: bool = True):
-    """The joint chains with a progress bar: (x [n, H, W, C], u [n, n_free], trace [n, K, n_free], acceptance)."""
+    """The joint chains with a progress bar: (x [n, H, W, C], u [n, n_free], trace [n, K, n_free], acceptance,
+    network evaluations [n])."""
     index = jnp.arange(n_chains, dtype=jnp.int32)
     advance = jax.jit(step.advance, static_argnums=5)
     x, u = jax.jit(step.init)(key, index)
     start = int(round((1.0 - fit.refresh_t) * n_steps))
     passes = [(key, 0)] + [(jax.random.fold_in(key, 1 + c), start) for c in range(fit.refresh_cycles)]
-    traces, accepts = [], []
+    traces, accepts, cost = [], [], np.zeros(n_chains, np.int64)
     with tqdm(total=sum(n_steps - s for _, s in passes), desc="joint", disable=not progress,
               dynamic_ncols=True) as bar:
         for k, first in passes:
@@ -87,11 +92,12 @@ def run_joint(step: JointStep, key: jax.Array, n_chains: int, n_steps: int, fit:
                 t = 1.0 - first / n_steps
                 x = x + step.sde.sigma(t) * jax.random.normal(jax.random.fold_in(k, -1 % 2**31), x.shape, x.dtype)
             for s in range(first, n_steps, segment):
-                x, u, tr, acc = advance(k, index, x, u, jnp.arange(s, min(s + segment, n_steps)), n_steps)
+                x, u, tr, acc, c = advance(k, index, x, u, jnp.arange(s, min(s + segment, n_steps)), n_steps)
+                cost += np.asarray(c)
                 traces.append(tr)
                 accepts.append(acc)
                 bar.update(min(segment, n_steps - s))
-    return x, u, np.concatenate(traces, axis=1), np.concatenate(accepts, axis=1)
+    return x, u, np.concatenate(traces, axis=1), np.concatenate(accepts, axis=1), cost
 
 
 def reconstruct_joint(
@@ -111,14 +117,14 @@ def reconstruct_joint(
     y = problem.y if problem.y.ndim == 3 else problem.y[..., None]
     lens_prior = fit.lens_prior(problem.lens)
     obs = observe(y, problem.sigma_n, lens=problem.lens, geometry=problem.geometry)
-    n_steps = n_steps_for(options, prior, shape)
+    n_steps = n_steps_for(dataclasses.replace(options, n_steps=fit.n_steps) if fit.n_steps else options, prior, shape)
     step = JointStep.make(prior.score_fn(), obs, prior.sde, lens_prior, likelihood=options.likelihood,
                           solver=options.make_solver(), leapfrog_steps=fit.leapfrog_steps, step_size=fit.step_size)
     setup_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    x, u, trace, accept = run_joint(step, jax.random.key(options.seed), options.n_chains, n_steps, fit,
-                                    progress=options.progress)
+    x, u, trace, accept, evaluations = run_joint(step, jax.random.key(options.seed), options.n_chains, n_steps,
+                                                 fit, progress=options.progress)
     lenses = step.lenses(u)
     samples = np.asarray(x)
     sampling_s = time.perf_counter() - t1
@@ -131,6 +137,7 @@ def reconstruct_joint(
     A_truth = lens_operator(truth_lens, problem.geometry)[0] if truth_lens is not None else None
     summary = write_outputs(problem, y, samples, A_mean, out_dir, lensed=lensed, A_truth=A_truth)
     summary["lens"] = _lens_summary(table, np.asarray(trace), np.asarray(accept), lens_prior, truth_lens)
+    summary["network_evaluations"] = evaluation_summary(evaluations)
     if jax.process_index() == 0:
         _write_lens_outputs(out_dir, table, lens_prior, truth_lens)
     timings = {"setup_s": setup_s, "sampling_s": sampling_s, "outputs_s": time.perf_counter() - t2,

@@ -110,6 +110,22 @@ def test_mixture_calibration_script_reports_each_mode(tmp_path):
     assert 0.8 < rows["draws"]["var_ratio"] < 1.2 and 0.5 < rows["draws"]["mean_err"] < 2.0
     assert all(row["diverged"] == 0 and row["spread_skill"] > 0 for row in rows.values())
     assert "| scales | 0.3 | tweedie |" in r.stdout
+    # Counted evaluations: one per Euler–Maruyama step with the exact score; tweedie adds its Lanczos steps.
+    assert rows["exact"]["evaluations_per_sample"] == 60 and rows["draws"]["evaluations_per_sample"] == 0
+    assert 2 * 60 <= rows["tweedie"]["evaluations_per_sample"] <= 6 * 60
+
+
+def test_cost_frontier_script_writes_rows_and_the_figure(tmp_path):
+    out, fig = tmp_path / "f.json", tmp_path / "f.png"
+    r = subprocess.run([sys.executable, "-m", "experiments.cost_frontier", "--sims=2", "--chains=4",
+                        "--priors=locations", "--sigma-n=0.3", "--settings=exact:10,tweedie:10:5:0.05",
+                        f"--json={out}", f"--figure={fig}"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["mode"], row["n_steps"], row["drift_tol"]) for row in rows] == [("exact", 10, 0.0),
+                                                                                ("tweedie", 10, 0.05)]
+    assert rows[0]["evaluations_per_sample"] == 10 and 20 <= rows[1]["evaluations_per_sample"] <= 60
+    assert fig.is_file() and fig.stat().st_size > 10_000
 
 
 def test_jacobian_error_model_keeps_the_score_and_perturbs_its_jacobian_as_documented():

@@ -103,7 +103,7 @@ def test_tweedie_warns_only_below_the_steps_measured_stable():
         sde = SDE
 
     with pytest.warns(UserWarning, match="measured stable"):
-        n_steps_for(SamplingOptions(n_steps=50, likelihood=Tweedie()), Prior, (16, 16, 1))
+        n_steps_for(SamplingOptions(n_steps=49, likelihood=Tweedie()), Prior, (16, 16, 1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Technique 2 gives N = 200 a confidence near 0 here: not a warning
-        n_steps_for(SamplingOptions(n_steps=200, likelihood=Tweedie()), Prior, (64, 64, 1))
+        n_steps_for(SamplingOptions(n_steps=50, likelihood=Tweedie()), Prior, (64, 64, 1))

@@ -189,7 +189,7 @@ def fit_lens_options(config: ml_collections.ConfigDict):
     f = config.fit_lens
     return FitLensOptions(theta_e_std=f.theta_e_std, e_std=f.e_std, center_std=f.center_std,
                           gamma_std=f.gamma_std, leapfrog_steps=int(f.leapfrog_steps), step_size=f.step_size,
-                          refresh_cycles=f.refresh_cycles, refresh_t=f.refresh_t)
+                          refresh_cycles=f.refresh_cycles, refresh_t=f.refresh_t, n_steps=int(f.n_steps))
 
 
 def problem_from_config(config, *, observation=None, noise=None, psf=None, lens=None):

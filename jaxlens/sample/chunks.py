@@ -129,23 +129,23 @@ class ChunkStore:
     def exists(self, chunk: int) -> bool:
         return os.path.exists(self.path(chunk))
 
-    def save(self, chunk: int, indices: np.ndarray, samples: np.ndarray) -> None:
-        """Atomically writes one chunk."""
+    def save(self, chunk: int, indices: np.ndarray, samples: np.ndarray, evaluations: np.ndarray) -> None:
+        """Atomically writes one chunk: its chains' samples and network evaluations."""
         _atomic_write(
             self.path(chunk),
             lambda f: np.savez(f, indices=np.asarray(indices), samples=np.asarray(samples),
-                               settings_hash=np.asarray(self.hash)),
+                               evaluations=np.asarray(evaluations), settings_hash=np.asarray(self.hash)),
         )
 
-    def load(self, chunk: int, expected_indices: np.ndarray) -> np.ndarray:
+    def load(self, chunk: int, expected_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reads one chunk and checks that it belongs to this run.
 
         Returns:
-          samples [m, H, W, C].
+          (samples [m, H, W, C], network evaluations [m]).
         """
         with np.load(self.path(chunk)) as data:
             if str(data["settings_hash"]) != self.hash:
                 raise ValueError(f"{self.path(chunk)} was written by a run with other settings")
             if not np.array_equal(data["indices"], expected_indices):
                 raise ValueError(f"{self.path(chunk)} holds chains {data['indices']!r}, not the expected ones")
-            return np.array(data["samples"])
+            return np.array(data["samples"]), np.array(data["evaluations"])

@@ -56,11 +56,16 @@ def init_chains(key: jax.Array, index: jax.Array, sde: VESDE, shape: tuple[int, 
 
 
 def advance_chains(key: jax.Array, index: jax.Array, x: jax.Array, score_fn: ScoreFn, sde: VESDE,
-                   step_indices: jax.Array, n_steps: int, *, solver: Solver = EulerMaruyama()) -> jax.Array:
-    """Runs steps `step_indices` of the N-step grid on the chains `index` [n] in states x [n, H, W, C]."""
+                   step_indices: jax.Array, n_steps: int, *, solver: Solver = EulerMaruyama(),
+                   with_cost: bool = False):
+    """Runs steps `step_indices` of the N-step grid on the chains `index` [n] in states x [n, H, W, C].
+
+    With `with_cost` it returns (x, network evaluations of each chain [n]).
+    """
 
     def one(g, xi):
-        return integrate(chain_keys(key, g)[1], score_fn, sde, xi, step_indices, n_steps, solver=solver)
+        return integrate(chain_keys(key, g)[1], score_fn, sde, xi, step_indices, n_steps, solver=solver,
+                         with_cost=with_cost)
 
     return jax.vmap(one)(index, x)
 
@@ -76,14 +81,16 @@ def _check_counts(n_chains, n_steps) -> None:
             raise ValueError(f"{name} must be a positive Python integer, got {v!r}")
 
 
-def _chains(key, score_fn, sde, shape, dtype, n_chains, n_steps, solver, denoise) -> jax.Array:
+def _chains(key, score_fn, sde, shape, dtype, n_chains, n_steps, solver, denoise, with_cost=False):
     _check_counts(n_chains, n_steps)
     check_key(key)
     index = jnp.arange(n_chains, dtype=jnp.int32)
     x = init_chains(key, index, sde, tuple(shape), dtype)
-    x = advance_chains(key, index, x, score_fn, sde, jnp.arange(n_steps, dtype=jnp.int32), n_steps,
-                       solver=solver)
-    return denoise_chains(score_fn, sde, x) if denoise else x
+    x, cost = advance_chains(key, index, x, score_fn, sde, jnp.arange(n_steps, dtype=jnp.int32), n_steps,
+                             solver=solver, with_cost=True)
+    if denoise:
+        x, cost = denoise_chains(score_fn, sde, x), cost + 1
+    return (x, cost) if with_cost else x
 
 
 def posterior_chains(
@@ -97,7 +104,8 @@ def posterior_chains(
     n_steps: int,
     solver: Solver = EulerMaruyama(),
     denoise: bool = False,
-) -> jax.Array:
+    with_cost: bool = False,
+):
     """Posterior samples of the source for one observation: the reverse SDE, chains vmapped.
 
     Args:
@@ -110,13 +118,15 @@ def posterior_chains(
       n_steps: N, Euler–Maruyama steps from t = 1 to t = 0, a Python int.
       solver: EulerMaruyama(), PredictorCorrector(...) or ProbabilityFlow(...).
       denoise: apply a final Tweedie step at t = 0.
+      with_cost: also return each chain's network evaluations, counted as the run makes them.
 
     Returns:
-      samples [n_chains, H, W, C], a jax.Array in the observation's dtype.
+      samples [n_chains, H, W, C], a jax.Array in the observation's dtype, or (samples,
+      evaluations [n_chains] int32) with `with_cost`.
     """
     obs = observation.bind()
-    score = posterior_score(prior_score, likelihood, obs, sde)
-    return _chains(key, score, sde, obs.source_shape, obs.y.dtype, n_chains, n_steps, solver, denoise)
+    score = posterior_score(prior_score, likelihood, obs, sde, counted=True)
+    return _chains(key, score, sde, obs.source_shape, obs.y.dtype, n_chains, n_steps, solver, denoise, with_cost)
 
 
 def prior_chains(
@@ -130,9 +140,10 @@ def prior_chains(
     solver: Solver = EulerMaruyama(),
     denoise: bool = False,
     dtype=jnp.float32,
-) -> jax.Array:
+    with_cost: bool = False,
+):
     """Unconditional samples [n_chains, *shape]: `posterior_chains` with no likelihood term."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3:
         raise ValueError(f"shape must be (H, W, C), got {shape}")
-    return _chains(key, prior_score, sde, shape, jnp.dtype(dtype), n_chains, n_steps, solver, denoise)
+    return _chains(key, prior_score, sde, shape, jnp.dtype(dtype), n_chains, n_steps, solver, denoise, with_cost)

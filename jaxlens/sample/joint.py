@@ -163,12 +163,15 @@ class JointRun(NamedTuple):
       lens: LensParams of [n_chains] arrays, each chain's lens at t = 0.
       lens_trace: [n_chains, n_steps, n_free] the free lens parameters after each step's move.
       acceptance: [n_chains, n_steps] HMC acceptance probability of each move.
+      evaluations: [n_chains] network evaluations of each chain (the lens moves' one Jacobian
+        product and forward pass per step included).
     """
 
     samples: jax.Array
     lens: LensParams
     lens_trace: jax.Array
     acceptance: jax.Array
+    evaluations: jax.Array
 
 
 def joint_chains(
@@ -210,8 +213,8 @@ def joint_chains(
                           leapfrog_steps=leapfrog_steps, step_size=step_size)
     index = jnp.arange(n_chains, dtype=jnp.int32)
     x, u = step.init(key, index)
-    x, u, trace, accept = step.advance(key, index, x, u, jnp.arange(n_steps, dtype=jnp.int32), n_steps)
-    return JointRun(samples=x, lens=step.lenses(u), lens_trace=trace, acceptance=accept)
+    x, u, trace, accept, cost = step.advance(key, index, x, u, jnp.arange(n_steps, dtype=jnp.int32), n_steps)
+    return JointRun(samples=x, lens=step.lenses(u), lens_trace=trace, acceptance=accept, evaluations=cost)
 
 
 @flax.struct.dataclass
@@ -295,13 +298,13 @@ class JointStep:
     def advance(self, key: jax.Array, index: jax.Array, x: jax.Array, u: jax.Array, step_indices: jax.Array,
                 n_steps: int):
         """Runs steps `step_indices` of the N-step grid on chains `index`: (x, u, trace [n, K, n_free],
-        acceptance [n, K])."""
+        acceptance [n, K], network evaluations [n])."""
         dtype = x.dtype
         dt = jnp.asarray(-1.0 / n_steps, dtype)
         free = self.free
         # With every parameter held, the operator is built once, as the known-lens sampler builds it.
         fixed_score = None if free else posterior_score(self.prior_score, self.likelihood, self.with_lens(None),
-                                                        self.sde)
+                                                        self.sde, counted=True)
 
         def one_chain(g, x, u):
             k_path, k_lens = chain_keys(key, g)[1], _lens_key(key, g)
@@ -323,18 +326,21 @@ class JointStep:
                     var = sigma2 * ratio
                     u, accept = self.move_lens(k_i, u, jax.lax.stop_gradient(x + sigma2 * s),
                                                jax.lax.stop_gradient(var))
-                    score = posterior_score(self.prior_score, self.likelihood, self.with_lens(u), self.sde)
+                    score = posterior_score(self.prior_score, self.likelihood, self.with_lens(u), self.sde,
+                                            counted=True)
+                    lens_cost = 2  # the probe's forward pass and Jacobian product
                 else:
-                    accept, score = jnp.ones((), dtype), fixed_score
+                    accept, score, lens_cost = jnp.ones((), dtype), fixed_score, 0
 
                 @jax.checkpoint
                 def advance_x(z):
                     return self.solver.step(score, self.sde, z, t, dt, jax.random.fold_in(k_path, i))
 
-                return (advance_x(x), u), (u, accept)
+                x, cost = advance_x(x)
+                return (x, u), (u, accept, cost + lens_cost)
 
-            (x, u), (trace, accept) = jax.lax.scan(body, (x, u), jnp.asarray(step_indices, jnp.int32))
-            return x, u, trace, accept
+            (x, u), (trace, accept, cost) = jax.lax.scan(body, (x, u), jnp.asarray(step_indices, jnp.int32))
+            return x, u, trace, accept, jnp.sum(cost)
 
         return jax.vmap(one_chain)(index, x, u)
 

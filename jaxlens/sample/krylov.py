@@ -151,6 +151,8 @@ def clipped_lanczos_solve(
     maxiter: int = 20,
     has_aux: bool = False,
     fixed_iterations: bool = False,
+    aux_tol: jax.Array | float | None = None,
+    aux_offset: jax.Array | None = None,
 ):
     """Approximately solves op(u) = b for a symmetric `op` with spectrum meant to be ≥ floor · diag.
 
@@ -170,12 +172,18 @@ def clipped_lanczos_solve(
         would be for C = 0, rather than the 1/floor amplification that raising gives.
       fixed_iterations: run the loop as a fixed-length scan (the same result, no early exit), which
         `jax.grad` can differentiate; a while loop (the default) stops as soon as it converges.
+      aux_tol: with `has_aux`, also stop once a step changes G u₊ by at most aux_tol ·
+        ‖aux_offset + G u₊‖: for a caller that needs G u₊ only to a relative accuracy of the sum
+        it adds it to. It costs a small subspace solve per step.
+      aux_offset: that sum's other term, shaped like G u₊ (default zero).
 
     Returns:
       (u, KrylovInfo), or (u, G u₊, KrylovInfo) with `has_aux`.
     """
     if maxiter < 1 or not tol > 0:
         raise ValueError(f"need maxiter >= 1 and tol > 0, got {maxiter}, {tol}")
+    if aux_tol is not None and not has_aux:
+        raise ValueError("aux_tol needs has_aux=True")
     dtype = b.dtype
     scale = jax.lax.rsqrt(jnp.broadcast_to(jnp.asarray(diag, dtype), b.shape)).ravel()
     full_op = op if has_aux else (lambda v: (op(v), jnp.zeros((0,), dtype)))
@@ -192,7 +200,7 @@ def clipped_lanczos_solve(
     floor = jnp.asarray(floor, dtype)
 
     def body(state):
-        k, V, G, P, beta, pivot, last, indefinite, _ = state
+        k, V, G, P, beta, pivot, last, indefinite, _, aux, change = state
         v = V[k]
         w, g = apply(v)
         G = G.at[k].set(g)
@@ -218,18 +226,27 @@ def clipped_lanczos_solve(
         indefinite = indefinite | (d <= 0)
         d = jnp.where(jnp.abs(d) > tiny, d, tiny)
         last = jnp.where(k == 0, 1.0 / d, -last * beta[k] / d)
-        return k + 1, V, G, P, beta, d, last, indefinite, bk * jnp.abs(last) * norm_b
+        if aux_tol is not None:
+            _, removed, _ = _subspace_solve(P, k + 1, norm_b, floor, fixed_iterations)
+            new = G.T @ removed.astype(G.dtype)
+            change = jnp.linalg.norm(new - aux) / jnp.maximum(jnp.linalg.norm(offset + new), tiny)
+            aux = new
+        return k + 1, V, G, P, beta, d, last, indefinite, bk * jnp.abs(last) * norm_b, aux, change
 
     def cond(state):
-        k, _, _, _, beta, _, _, indefinite, residual = state
+        k, _, _, _, beta, _, _, indefinite, residual, _, change = state
         converged = ~indefinite & (residual <= tol * norm_b)
+        if aux_tol is not None:
+            converged = converged | (change <= aux_tol)
         return (k < maxiter) & ~converged & ((k == 0) | (beta[k] > tiny))
 
     V0 = jnp.zeros((maxiter + 1, n), dtype).at[0].set(rhs / jnp.maximum(norm_b, tiny))
     G0 = jnp.zeros((maxiter, int(np.prod(aux_shape.shape))), aux_shape.dtype)
     zero = jnp.zeros((), dtype)
+    aux0 = jnp.zeros(G0.shape[1:] if aux_tol is not None else (0,), G0.dtype)
+    offset = 0.0 if aux_offset is None else jnp.ravel(aux_offset).astype(G0.dtype)
     init = (jnp.int32(0), V0, G0, jnp.zeros((maxiter, maxiter), dtype), jnp.zeros(maxiter + 1, dtype), zero + 1,
-            zero, jnp.asarray(False), jnp.asarray(jnp.inf, dtype))
+            zero, jnp.asarray(False), jnp.asarray(jnp.inf, dtype), aux0, jnp.asarray(jnp.inf, G0.dtype))
     if fixed_iterations:
         k, V, G, P, *_ = _bounded_while(cond, body, init, maxiter)
     else:

@@ -10,14 +10,15 @@ p_t(y | x_t) are built from it.
   Aᵀ (y − A x) / (σ_n² + σ(t)²). Cheap; treats AAᵀ as the identity.
 - `Eq12(cg_tol, cg_maxiter)` (eq. 12): Aᵀ C⁻¹ (y − A x), C = diag(σ_n²) + σ(t)² AAᵀ,
   solved matrix-free by preconditioned conjugate gradients. Exact only for a flat prior.
-- `Tweedie(lanczos_cap, lanczos_tol)` (TMPD, Boys et al. 2023):
+- `Tweedie(lanczos_cap, lanczos_tol, drift_tol)` (TMPD, Boys et al. 2023):
   p_t(y | x_t) ≈ N(y; A m, diag(σ_n²) + A C Aᵀ) with the Tweedie moments
   m = x + σ² s(x, t), C = σ² ∂m/∂x. Its gradient, (∂m/∂x)ᵀ Aᵀ (σ_n² + A C Aᵀ)⁻¹ (y − A m),
   is taken as the gain ∂m/∂x Aᵀ (σ_n² + A C Aᵀ)⁻¹ (y − A m) (equal for a true score,
   whose ∂m/∂x is symmetric): one linearisation of the prior score and a clipped Lanczos
-  solve (jaxlens.sample.krylov) of at most `lanczos_cap` operator applications, with the
-  directions where the learned C has negative curvature (it does, at large σ) dropped.
-  Exact when the prior is Gaussian and the solve converges.
+  solve (jaxlens.sample.krylov) of at most `lanczos_cap` operator applications, stopped
+  once a step no longer moves the drift (`drift_tol`), with the directions where the
+  learned C has negative curvature (it does, at large σ) dropped. Exact when the prior is
+  Gaussian and the solve converges.
 - `DPS()` (Chung et al. 2023): ∇_x log N(y; A m(x), diag(σ_n²)), one VJP through the
   prior score (no guidance-scale heuristic).
 
@@ -56,7 +57,8 @@ Operator = Callable[[jax.Array], jax.Array]
 
 
 class _Term:
-    """The shared interface; subclasses define `_terms` → (likelihood score, prior score or None)."""
+    """The shared interface; subclasses define `_terms` → (likelihood score, prior score or None,
+    network evaluations the term took, the prior's included when it returns it)."""
 
     name = ""
 
@@ -70,10 +72,21 @@ class _Term:
     def posterior_score(self, prior_score: ScoreFn, obs: Observation, x: jax.Array, t: jax.Array,
                         sde: VESDE) -> jax.Array:
         """Prior score plus likelihood score at one state, evaluating the prior only once."""
+        return self.posterior_score_and_cost(prior_score, obs, x, t, sde)[0]
+
+    def posterior_score_and_cost(self, prior_score: ScoreFn, obs: Observation, x: jax.Array, t: jax.Array,
+                                 sde: VESDE) -> tuple[jax.Array, jax.Array]:
+        """(posterior score, network evaluations it took) at one state.
+
+        A forward pass of the prior network, a Jacobian-vector product and a vector-Jacobian
+        product each count as one evaluation (each costs about one forward pass).
+        """
         obs = obs.bind()
         _check_state(obs, x)
-        lik, prior = self._terms(prior_score, obs, x, t, sde)
-        return (prior_score(x, t) if prior is None else prior) + lik
+        lik, prior, evaluations = self._terms(prior_score, obs, x, t, sde)
+        if prior is None:
+            prior, evaluations = prior_score(x, t), evaluations + 1
+        return prior + lik, jnp.asarray(evaluations, jnp.int32)
 
     def options(self) -> dict:
         """This term's own options, by name (for summaries and manifests)."""
@@ -101,7 +114,7 @@ class Eq19(_Term):
     def _terms(self, prior_score, obs, x, t, sde):
         var_t = sde.sigma(t).astype(x.dtype) ** 2
         _, AT = obs.operators()
-        return AT(obs.residual(x) / (obs.noise_var + var_t)), None
+        return AT(obs.residual(x) / (obs.noise_var + var_t)), None, 0
 
 
 @flax.struct.dataclass
@@ -130,7 +143,7 @@ class Eq12(_Term):
 
         u, _ = cg(op, obs.residual(x), x0=obs.residual(x) / diag, tol=self.cg_tol,
                   maxiter=self.cg_maxiter, M=lambda v: v / diag)
-        return AT(obs.valid * u), None
+        return AT(obs.valid * u), None, 0
 
 
 @flax.struct.dataclass
@@ -142,6 +155,11 @@ class Tweedie(_Term):
         score, per evaluation (on top of the one linearisation).
       lanczos_tol: stop earlier when the subspace solve's preconditioned residual is below
         lanczos_tol · ‖y − A m‖.
+      drift_tol: also stop once a Lanczos step changes the likelihood score by at most
+        drift_tol · ‖posterior score‖ (0: off), so that Jacobian products are spent only while
+        they still move the sampler's drift: at large σ, where the system is worst conditioned,
+        the likelihood is a small part of the drift and the solve stops after a step or two
+        (docs/validation.md measures the accuracy and the products saved).
       differentiable: run every Lanczos step, without the early stop, so that `jax.grad` (reverse
         mode) can differentiate the term, e.g. with respect to the lens. The same value, at up to
         lanczos_cap Jacobian products per evaluation (about 3× the time of a default run); jvp and
@@ -149,12 +167,15 @@ class Tweedie(_Term):
     """
 
     name = "tweedie"
-    lanczos_cap: int = flax.struct.field(pytree_node=False, default=5)
+    lanczos_cap: int = flax.struct.field(pytree_node=False, default=20)
     lanczos_tol: float = flax.struct.field(pytree_node=False, default=1e-4)
+    drift_tol: float = flax.struct.field(pytree_node=False, default=0.05)
     differentiable: bool = flax.struct.field(pytree_node=False, default=False)
 
     def __post_init__(self):
         _positive_options(self, "lanczos_tol", "lanczos_cap")
+        if isinstance(self.drift_tol, bool) or not (isinstance(self.drift_tol, (int, float)) and self.drift_tol >= 0):
+            raise ValueError(f"Tweedie needs drift_tol >= 0 (0: off), got {self.drift_tol!r}")
 
     def _terms(self, prior_score, obs, x, t, sde):
         if prior_score is None:
@@ -176,10 +197,12 @@ class Tweedie(_Term):
         # from the gradient (the gradient of a C clipped at zero there): raising the system's
         # spectrum to σ_n² instead left J's negative part multiplied by 1/σ_n², a step stiff
         # enough at σ ≈ σ_max to throw whole chains off the data manifold.
-        _, lik, _ = clipped_lanczos_solve(op, obs.residual(m), diag, jnp.min(obs.noise_var / diag),
-                                          tol=self.lanczos_tol, maxiter=self.lanczos_cap, has_aux=True,
-                                          fixed_iterations=self.differentiable)
-        return lik, s
+        _, lik, info = clipped_lanczos_solve(op, obs.residual(m), diag, jnp.min(obs.noise_var / diag),
+                                             tol=self.lanczos_tol, maxiter=self.lanczos_cap, has_aux=True,
+                                             fixed_iterations=self.differentiable,
+                                             aux_tol=self.drift_tol or None, aux_offset=s)
+        # The linearisation's forward pass, then one Jacobian product per Lanczos step.
+        return lik, s, 1 + info.iterations
 
 
 @flax.struct.dataclass
@@ -195,7 +218,7 @@ class DPS(_Term):
         m, vjp_m, s = jax.vjp(mean_and_score, x, has_aux=True)
         _, AT = obs.operators()
         (lik,) = vjp_m(AT(obs.residual(m) / obs.noise_var))
-        return lik, s
+        return lik, s, 2
 
 
 Likelihood = Eq19 | Eq12 | Tweedie | DPS
@@ -219,18 +242,20 @@ def likelihood_from_name(name: str, **options) -> Likelihood:
 
 
 def posterior_score(prior_score: ScoreFn, likelihood: Likelihood | None, obs: Observation | None,
-                    sde: VESDE) -> ScoreFn:
+                    sde: VESDE, *, counted: bool = False) -> ScoreFn:
     """score_fn(x, t) = prior score + likelihood score, for one state x [H, W, C].
 
     With `likelihood=None` it is the prior score itself (prior-only sampling). The
-    observation's operator is built once here, not at every call.
+    observation's operator is built once here, not at every call. With `counted`, score_fn
+    returns (score, network evaluations it took), which the solvers add up.
     """
     if likelihood is None:
         return prior_score
     obs = obs.bind()
 
-    def score_fn(x: jax.Array, t: jax.Array) -> jax.Array:
-        return likelihood.posterior_score(prior_score, obs, x, t, sde)
+    def score_fn(x: jax.Array, t: jax.Array):
+        out = likelihood.posterior_score_and_cost(prior_score, obs, x, t, sde)
+        return out if counted else out[0]
 
     return score_fn
 

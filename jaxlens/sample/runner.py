@@ -78,16 +78,17 @@ def _open_store(out_dir: str | None, settings: dict) -> ChunkStore | None:
     return store
 
 
-def _load_everywhere(store: ChunkStore, chunk: int, want: np.ndarray, shape, dtype) -> np.ndarray:
+def _load_everywhere(store: ChunkStore, chunk: int, want: np.ndarray, shape, dtype) -> tuple[np.ndarray, np.ndarray]:
     samples, error = np.zeros((len(want),) + tuple(shape), dtype), None
+    cost = np.zeros(len(want), np.int64)
     if jax.process_index() == 0:
         try:
-            samples = store.load(chunk, want)
+            samples, cost = store.load(chunk, want)
         except (ValueError, OSError, KeyError, zipfile.BadZipFile) as err:
             error = err
     if _from_process0(np.int32(error is not None)):
         raise ValueError(f"cannot reuse chunk {chunk} in {store.out_dir}: {error or 'see process 0'}")
-    return _from_process0(samples)
+    return _from_process0(samples), _from_process0(cost)
 
 
 def _check_counts(n_chains, n_steps, chunk_size) -> int:
@@ -109,7 +110,7 @@ def _programs(score_fn, likelihood, sde, solver, mesh, shape, dtype, n_steps, se
     """
 
     def chain_score(obs):
-        return posterior_score(score_fn, likelihood, obs, sde)
+        return posterior_score(score_fn, likelihood, obs, sde, counted=True)
 
     def init(key_data, index):
         key = jax.random.wrap_key_data(key_data, impl=key_impl)
@@ -118,19 +119,20 @@ def _programs(score_fn, likelihood, sde, solver, mesh, shape, dtype, n_steps, se
     def segment(key_data, obs, index, x, start):
         key = jax.random.wrap_key_data(key_data, impl=key_impl)
         steps = start + jnp.arange(seg, dtype=jnp.int32)
-        return advance_chains(key, index, x, chain_score(obs), sde, steps, n_steps, solver=solver)
+        return advance_chains(key, index, x, chain_score(obs), sde, steps, n_steps, solver=solver, with_cost=True)
 
     def finish(obs, x):
         return denoise_chains(chain_score(obs), sde, x)
 
-    def sharded(fn, in_specs, donate=()):
-        mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P("data"), check_vma=False)
+    chains = P("data")
+
+    def sharded(fn, in_specs, donate=(), out_specs=chains):
+        mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
         return jax.jit(mapped, donate_argnums=donate)
 
-    chains = P("data")
     return (
         sharded(init, (P(), chains)),
-        sharded(segment, (P(), P(), chains, chains, P()), donate=(3,)),
+        sharded(segment, (P(), P(), chains, chains, P()), donate=(3,), out_specs=(chains, chains)),
         sharded(finish, (P(), chains), donate=(1,)),
     )
 
@@ -138,7 +140,8 @@ def _programs(score_fn, likelihood, sde, solver, mesh, shape, dtype, n_steps, se
 def _run(
     key, score_fn, likelihood, obs, sde, shape, dtype, n_chains, n_steps, *, solver, denoise, chunk_size,
     out_dir, mesh, progress, on_chunk, settings,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
+    """(samples [n_chains, ...], network evaluations of each chain [n_chains])."""
     check_key(key)
     chunk_size = _check_counts(n_chains, n_steps, chunk_size)
     mesh = data_mesh() if mesh is None else mesh
@@ -176,32 +179,38 @@ def _run(
 
     bar = tqdm(total=int(n_chunks - done.sum()) * n_steps, unit="step", desc="sampling",
                disable=not progress or jax.process_index() != 0)
-    results = []
+    results, costs = [], []
     try:
         for c in range(n_chunks):
             want = chain_indices(c)
             if done[c]:
-                results.append(_load_everywhere(store, c, want, shape, dtype))
+                samples, cost = _load_everywhere(store, c, want, shape, dtype)
+                results.append(samples)
+                costs.append(cost)
                 continue
             bar.set_postfix(chunk=f"{c + 1}/{n_chunks}")
             index = _global(np.arange(c * chunk_size, c * chunk_size + padded, dtype=np.int32), chains)
             x = init_fn(key_arg, index)
+            cost = np.zeros(len(want), np.int64)
             for s in range(n_seg):
-                x = segment_fn(key_arg, obs, index, x, _global(np.asarray(s * seg, np.int32), replicated))
+                x, n = segment_fn(key_arg, obs, index, x, _global(np.asarray(s * seg, np.int32), replicated))
+                cost += _to_host(n)[: len(want)]
                 if progress:
                     x.block_until_ready()
                     bar.update(min(seg, n_steps - s * seg))
             if denoise:
                 x = finish_fn(obs, x)
+                cost += 1
             samples = _to_host(x)[: len(want)]
             if store is not None and jax.process_index() == 0:
-                store.save(c, want, samples)
+                store.save(c, want, samples, cost)
             results.append(samples)
+            costs.append(cost)
             if on_chunk is not None:
                 on_chunk(c, n_chunks)
     finally:
         bar.close()
-    return np.concatenate(results, axis=0)
+    return np.concatenate(results, axis=0), np.concatenate(costs)
 
 
 def sample_prior(
@@ -221,7 +230,8 @@ def sample_prior(
     progress: bool = True,
     on_chunk: Callable[[int, int], None] | None = None,
     tag: str = "",
-) -> np.ndarray:
+    return_cost: bool = False,
+):
     """Unconditional samples of the prior by integrating the reverse SDE.
 
     Args:
@@ -241,17 +251,21 @@ def sample_prior(
       on_chunk: called as on_chunk(chunk, n_chunks) after each computed chunk.
       tag: free text stored in the manifest; name the prior (checkpoint) here,
         since the manifest cannot fingerprint score_fn itself.
+      return_cost: also return each chain's network evaluations, counted as the run makes
+        them (a forward pass, a Jacobian-vector or a vector-Jacobian product each count one).
 
     Returns:
-      samples [n_chains, H, W, C] as a numpy array, on every process.
+      samples [n_chains, H, W, C] as a numpy array, on every process; with `return_cost`,
+      (samples, evaluations [n_chains]).
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3:
         raise ValueError(f"shape must be (H, W, C), got {shape}")
     settings = {"kind": "prior", "tag": str(tag)}
-    return _run(key, score_fn, None, None, sde, shape, jnp.dtype(dtype), n_chains, n_steps, solver=solver,
-                denoise=denoise, chunk_size=chunk_size, out_dir=out_dir, mesh=mesh,
-                progress=progress, on_chunk=on_chunk, settings=settings)
+    samples, cost = _run(key, score_fn, None, None, sde, shape, jnp.dtype(dtype), n_chains, n_steps,
+                         solver=solver, denoise=denoise, chunk_size=chunk_size, out_dir=out_dir, mesh=mesh,
+                         progress=progress, on_chunk=on_chunk, settings=settings)
+    return (samples, cost) if return_cost else samples
 
 
 def sample_posterior(
@@ -275,7 +289,8 @@ def sample_posterior(
     progress: bool = True,
     on_chunk: Callable[[int, int], None] | None = None,
     tag: str = "",
-) -> np.ndarray:
+    return_cost: bool = False,
+):
     """Posterior samples of the source given a lensed observation y = A x + η.
 
     The same chains as `posterior_chains(key, score_fn, observe(y, sigma_n, A=A, AT=AT,
@@ -293,10 +308,12 @@ def sample_posterior(
       likelihood: a term (Tweedie(...), the calibrated default; Eq19(), the paper's; Eq12(...);
         DPS()) or its name, which takes that term's default options.
       mask: optional boolean array broadcastable to y; True marks ignored pixels.
-      solver, denoise, chunk_size, out_dir, mesh, progress, on_chunk, tag: as in `sample_prior`.
+      solver, denoise, chunk_size, out_dir, mesh, progress, on_chunk, tag, return_cost: as in
+        `sample_prior`.
 
     Returns:
-      samples [n_chains, H, W, C] as numpy, on every process.
+      samples [n_chains, H, W, C] as numpy, on every process; with `return_cost`, (samples,
+      network evaluations of each chain [n_chains]).
 
     Raises:
       ValueError: bad noise, non-finite used pixels of y, y not matching A, or an
@@ -317,9 +334,10 @@ def sample_posterior(
         "valid": array_digest(obs.valid),
         "A_probe": array_digest(jax.jit(A)(probe), decimals=4),
     }
-    return _run(key, score_fn, likelihood, obs, sde, shape, obs.y.dtype, n_chains,
-                n_steps, solver=solver, denoise=denoise, chunk_size=chunk_size, out_dir=out_dir,
-                mesh=mesh, progress=progress, on_chunk=on_chunk, settings=settings)
+    samples, cost = _run(key, score_fn, likelihood, obs, sde, shape, obs.y.dtype, n_chains,
+                         n_steps, solver=solver, denoise=denoise, chunk_size=chunk_size, out_dir=out_dir,
+                         mesh=mesh, progress=progress, on_chunk=on_chunk, settings=settings)
+    return (samples, cost) if return_cost else samples
 
 
 def sample_observations(
@@ -335,7 +353,8 @@ def sample_observations(
     solver: Solver = EulerMaruyama(),
     first: int = 0,
     progress: bool = True,
-) -> np.ndarray:
+    return_cost: bool = False,
+):
     """Posterior samples for many observations of one geometry, `batch` of them vmapped at a time.
 
     Observation k gives `posterior_chains(fold_in(key, first + k), score_fn, observations[k], ...)`
@@ -351,9 +370,11 @@ def sample_observations(
       batch: observations per vmapped call.
       first: the index of observations[0] in the study (its key is fold_in(key, first)).
       progress: a tqdm bar over chain-steps (the scan then runs in ~100 segments).
+      return_cost: also return each chain's network evaluations, as in `sample_posterior`.
 
     Returns:
-      samples [len(observations), n_chains, H, W, C] as numpy.
+      samples [len(observations), n_chains, H, W, C] as numpy; with `return_cost`, (samples,
+      evaluations [len(observations), n_chains]).
     """
     _check_counts(n_chains, n_steps, None)
     if not observations:
@@ -373,22 +394,25 @@ def sample_observations(
         steps = start + jnp.arange(seg, dtype=jnp.int32)
 
         def one(k, o, xo):
-            score = posterior_score(score_fn, likelihood, o, sde)
-            return advance_chains(k, index, xo, score, sde, steps, n_steps, solver=solver)
+            score = posterior_score(score_fn, likelihood, o, sde, counted=True)
+            return advance_chains(k, index, xo, score, sde, steps, n_steps, solver=solver, with_cost=True)
 
         return jax.vmap(one)(keys, obs, x)
 
     n = len(observations)
     order = list(range(n)) + [n - 1] * (-n % batch)
-    out = []
+    out, costs = [], []
     with tqdm(total=n * n_chains * n_steps, unit="chain-step", desc="sampling", disable=not progress) as bar:
         for b in range(0, len(order), batch):
             sel = order[b : b + batch]
             keys = jnp.stack([jax.random.fold_in(key, first + i) for i in sel])
             obs = jax.tree.map(lambda *v: jnp.stack(v), *(observations[i] for i in sel))
-            x = init(keys)
+            x, cost = init(keys), np.zeros((len(sel), n_chains), np.int64)
             for start in range(0, n_steps, seg):
-                x = segment(keys, obs, x, jnp.int32(start)).block_until_ready()
+                x, c = segment(keys, obs, x, jnp.int32(start))
+                cost += np.asarray(c)
                 bar.update(len(set(sel)) * n_chains * min(seg, n_steps - start))
             out.append(np.asarray(x))
-    return np.concatenate(out)[:n]
+            costs.append(cost)
+    samples, cost = np.concatenate(out)[:n], np.concatenate(costs)[:n]
+    return (samples, cost) if return_cost else samples

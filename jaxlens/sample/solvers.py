@@ -2,9 +2,14 @@
 
 The reverse SDE is dx = −g(t)² ∇ log p_t(x) dt + g(t) dw̄, integrated from t = 1
 to t = 0 on the uniform grid t_i = 1 − i/N, Δt = −1/N (Adam et al. 2022 eq. 20).
-A solver is a frozen pytree with ``step(score_fn, sde, x, t, dt, key) -> x``;
+A solver is a frozen pytree with ``step(score_fn, sde, x, t, dt, key) -> (x, evaluations)``;
 `integrate` runs any solver over a range of step indices in one `lax.scan`
-whose carry is the state only, so memory does not grow with the step count.
+whose carry is the state and its running count of network evaluations only, so
+memory does not grow with the step count.
+
+A score function returns the score, or (score, evaluations) when its cost varies
+from state to state (`posterior_score(..., counted=True)`: the Tweedie likelihood's
+Lanczos solve stops when it converges); a plain one counts as one evaluation.
 
 Every function here works on ONE state x [H, W, C] with one key; vmap over
 chains. The key of step i is ``fold_in(key, i)``, so a run split into segments
@@ -22,6 +27,7 @@ import jax.numpy as jnp
 from jaxlens.sde import VESDE
 
 __all__ = [
+    "evaluate",
     "EulerMaruyama",
     "PredictorCorrector",
     "ProbabilityFlow",
@@ -39,19 +45,30 @@ ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 class SolverState(NamedTuple):
-    """The scan carry: the current state of one chain, [H, W, C]."""
+    """The scan carry: the current state of one chain, [H, W, C], and the network evaluations so far."""
 
     x: jax.Array
+    evaluations: jax.Array
+
+
+def evaluate(score_fn: ScoreFn, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(score, network evaluations it took) of a plain score function (one) or a counted one."""
+    out = score_fn(x, t)
+    if isinstance(out, tuple):
+        s, n = out
+        return s, jnp.asarray(n, jnp.int32)
+    return out, jnp.int32(1)
 
 
 @flax.struct.dataclass
 class EulerMaruyama:
     """Euler–Maruyama on the reverse SDE (eq. 20): x ← x + g² s |Δt| + g √|Δt| z."""
 
-    def step(self, score_fn: ScoreFn, sde: VESDE, x, t, dt, key) -> jax.Array:
+    def step(self, score_fn: ScoreFn, sde: VESDE, x, t, dt, key):
         g2 = sde.g2(t).astype(x.dtype)
         z = jax.random.normal(key, x.shape, x.dtype)
-        return x - g2 * score_fn(x, t) * dt + jnp.sqrt(-g2 * dt) * z
+        s, n = evaluate(score_fn, x, t)
+        return x - g2 * s * dt + jnp.sqrt(-g2 * dt) * z, n
 
 
 @flax.struct.dataclass
@@ -69,15 +86,18 @@ class PredictorCorrector:
     snr: float = flax.struct.field(pytree_node=False, default=0.16)
     n_corrector: int = flax.struct.field(pytree_node=False, default=1)
 
-    def step(self, score_fn: ScoreFn, sde: VESDE, x, t, dt, key) -> jax.Array:
+    def step(self, score_fn: ScoreFn, sde: VESDE, x, t, dt, key):
         keys = jax.random.split(key, self.n_corrector + 1)
+        total = jnp.int32(0)
         for k in keys[:-1]:
-            s = score_fn(x, t)
+            s, n = evaluate(score_fn, x, t)
             z = jax.random.normal(k, x.shape, x.dtype)
             ratio = self.snr * jnp.linalg.norm(z) / jnp.maximum(jnp.linalg.norm(s), 1e-30)
             eps = 2.0 * ratio**2
             x = x + eps * s + jnp.sqrt(2.0 * eps) * z
-        return EulerMaruyama().step(score_fn, sde, x, t, dt, keys[-1])
+            total = total + n
+        x, n = EulerMaruyama().step(score_fn, sde, x, t, dt, keys[-1])
+        return x, total + n
 
 
 @flax.struct.dataclass
@@ -94,17 +114,19 @@ class ProbabilityFlow:
         if self.method not in ("euler", "heun"):
             raise ValueError(f"ProbabilityFlow.method must be 'euler' or 'heun', got {self.method!r}")
 
-    def step(self, score_fn: ScoreFn, sde: VESDE, x, t, dt, key) -> jax.Array:
+    def step(self, score_fn: ScoreFn, sde: VESDE, x, t, dt, key):
         del key
 
         def drift(z, tt):
-            return -0.5 * sde.g2(tt).astype(z.dtype) * score_fn(z, tt)
+            s, n = evaluate(score_fn, z, tt)
+            return -0.5 * sde.g2(tt).astype(z.dtype) * s, n
 
-        d1 = drift(x, t)
+        d1, n1 = drift(x, t)
         if self.method == "euler":
-            return x + d1 * dt
+            return x + d1 * dt, n1
         x1 = x + d1 * dt
-        return x + 0.5 * (d1 + drift(x1, t + dt)) * dt
+        d2, n2 = drift(x1, t + dt)
+        return x + 0.5 * (d1 + d2) * dt, n1 + n2
 
 
 Solver = EulerMaruyama | PredictorCorrector | ProbabilityFlow
@@ -126,7 +148,8 @@ def integrate(
     n_steps: int,
     *,
     solver: Solver = EulerMaruyama(),
-) -> jax.Array:
+    with_cost: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Runs the given steps of an n_steps grid from state x, in one `lax.scan`.
 
     Step i goes from t_i = 1 − i/N to t_i − 1/N with key fold_in(key, i).
@@ -141,9 +164,10 @@ def integrate(
       step_indices: [K] int32 consecutive step numbers.
       n_steps: N, the number of steps from t = 1 to t = 0.
       solver: EulerMaruyama(), PredictorCorrector(...) or ProbabilityFlow(...).
+      with_cost: also return the network evaluations these steps took (int32 scalar).
 
     Returns:
-      The state after the last given step, [H, W, C].
+      The state after the last given step, [H, W, C], or (state, evaluations) with `with_cost`.
     """
     x = jnp.asarray(x)
     _check(x, n_steps)
@@ -159,16 +183,17 @@ def integrate(
             return solver.step(score_fn, sde, z, t, dt, jax.random.fold_in(key, i))
 
         # The step index is never batched over chains, so this stays a real branch.
-        return SolverState(jax.lax.cond(i < n_steps, advance, lambda z: z, state.x)), None
+        x_new, n = jax.lax.cond(i < n_steps, advance, lambda z: (z, jnp.int32(0)), state.x)
+        return SolverState(x_new, state.evaluations + n), None
 
-    state, _ = jax.lax.scan(body, SolverState(x), jnp.asarray(step_indices, jnp.int32))
-    return state.x
+    state, _ = jax.lax.scan(body, SolverState(x, jnp.int32(0)), jnp.asarray(step_indices, jnp.int32))
+    return (state.x, state.evaluations) if with_cost else state.x
 
 
 def tweedie_denoise(score_fn: ScoreFn, sde: VESDE, x: jax.Array) -> jax.Array:
     """E[x_0 | x] at t = 0 by Tweedie's formula: x + σ_min² s(x, 0)."""
     t0 = jnp.zeros((), x.dtype)
-    return x + sde.sigma(t0).astype(x.dtype) ** 2 * score_fn(x, t0)
+    return x + sde.sigma(t0).astype(x.dtype) ** 2 * evaluate(score_fn, x, t0)[0]
 
 
 def solve(
