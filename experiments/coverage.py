@@ -62,7 +62,7 @@ SOLVES = {"eq12": "cg", "tweedie": "lanczos gain, negative curvature dropped"}
 MODES = ("eq19", "eq12", "tweedie", "dps", "prior")
 
 
-def term_of(mode: str, solve_cap: int, drift_tol: float = 0.0):
+def term_of(mode: str, solve_cap: int, drift_tol: float):
     """The likelihood term of a mode (None for 'prior'); --solve-cap sets eq12's CG and tweedie's Lanczos cap,
     --drift-tol tweedie's."""
     if mode == "prior":

@@ -47,7 +47,7 @@ from jaxlens.diagnostics import metrics
 from jaxlens.lensing import Geometry, LensParams, lens_operator
 from jaxlens.reference import (dense_operator, mixture_moments, mixture_posterior, mixture_prior,
                                mixture_prior_sample, mixture_prior_score, smooth_gaussian_prior)
-from jaxlens.sample import EulerMaruyama, Tweedie, likelihood_from_name, observe, posterior_chains, prior_chains
+from jaxlens.sample import Tweedie, likelihood_from_name, observe, posterior_chains, prior_chains
 from jaxlens.sde import VESDE
 
 SHAPE = (16, 16, 1)
@@ -103,25 +103,25 @@ def with_jacobian_error(score_fn, delta: float, dim: int, seed: int = 0):
     return score
 
 
-def _exact_chains(n_chains: int, n_steps: int, solver):
+def _exact_chains(n_chains: int, n_steps: int):
     """The core's chains under the exact diffused posterior score (a mixture, sampled as a prior with no
     likelihood term); the posterior is an argument, so one compilation serves every simulation."""
 
     @jax.jit
     def run(key, post):
         return prior_chains(key, mixture_prior_score(post, SDE), SDE, SHAPE, n_chains=n_chains, n_steps=n_steps,
-                            solver=solver, with_cost=True)
+                            with_cost=True)
 
     return run
 
 
-def _posterior_chains(score, term, sigma_n, Ad, ATd, n_chains: int, n_steps: int, solver):
+def _posterior_chains(score, term, sigma_n, Ad, ATd, n_chains: int, n_steps: int):
     """The core's chains with a likelihood term; y is an argument, so one compilation serves every simulation."""
 
     @jax.jit
     def run(key, y):
         return posterior_chains(key, score, observe(y, sigma_n, A=Ad, AT=ATd), SDE, likelihood=term,
-                                n_chains=n_chains, n_steps=n_steps, solver=solver, with_cost=True)
+                                n_chains=n_chains, n_steps=n_steps, with_cost=True)
 
     return run
 
@@ -141,7 +141,7 @@ def _weight_error(post, xs):
 
 
 def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, seed=0, jacobian_error=0.0,
-                solver=EulerMaruyama(), drift_tol=0.0):
+                drift_tol=0.0):
     """One (prior, σ_n) cell: each mode's pooled accuracy, divergences, seconds and network evaluations."""
     prior = make_prior(prior_name)
     A, _ = lens_operator(LENS, GEOM)
@@ -152,10 +152,10 @@ def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, 
     score = mixture_prior_score(prior, SDE)
     if jacobian_error:
         score = with_jacobian_error(score, jacobian_error, int(np.prod(SHAPE)))
-    exact = _exact_chains(chains, n_steps, solver)
+    exact = _exact_chains(chains, n_steps)
     terms = {m: Tweedie(lanczos_cap=lanczos_cap, drift_tol=drift_tol) if m == "tweedie" else likelihood_from_name(m)
              for m in modes if m not in ("draws", "exact")}
-    posterior = {m: _posterior_chains(score, term, sigma_n, Ad, ATd, chains, n_steps, solver)
+    posterior = {m: _posterior_chains(score, term, sigma_n, Ad, ATd, chains, n_steps)
                  for m, term in terms.items()}
     truths = np.asarray(mixture_prior_sample(jax.random.key(seed), prior, sims), np.float64)
     rng = np.random.default_rng(seed)

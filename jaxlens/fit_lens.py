@@ -24,8 +24,7 @@ from tqdm.auto import tqdm
 
 from jaxlens.lensing import LensParams, check_lens, lens_operator, render
 from jaxlens.prior import LoadedPrior
-from jaxlens.reconstruct import (SamplingOptions, check_compatible, evaluation_summary, finish_summary, n_steps_for,
-                                 write_outputs)
+from jaxlens.reconstruct import SamplingOptions, check_compatible, finish_summary, n_steps_for, write_outputs
 from jaxlens.sample import observe
 from jaxlens.sample.joint import JointStep, LensPrior, check_moves, check_widths, lens_table
 from jaxlens.simulation import Problem
@@ -137,12 +136,11 @@ def reconstruct_joint(
     A_truth = lens_operator(truth_lens, problem.geometry)[0] if truth_lens is not None else None
     summary = write_outputs(problem, y, samples, A_mean, out_dir, lensed=lensed, A_truth=A_truth)
     summary["lens"] = _lens_summary(table, np.asarray(trace), np.asarray(accept), lens_prior, truth_lens)
-    summary["network_evaluations"] = evaluation_summary(evaluations)
     if jax.process_index() == 0:
         _write_lens_outputs(out_dir, table, lens_prior, truth_lens)
     timings = {"setup_s": setup_s, "sampling_s": sampling_s, "outputs_s": time.perf_counter() - t2,
                "total_s": time.perf_counter() - t0}
-    return finish_summary(summary, out_dir, n_steps=n_steps, timings=timings,
+    return finish_summary(summary, out_dir, n_steps=n_steps, timings=timings, evaluations=evaluations,
                           settings={**(settings or {}), **options.describe(), **dataclasses.asdict(fit),
                                     "n_steps": n_steps})
 

@@ -171,25 +171,22 @@ def reconstruct(
 
     t2 = time.perf_counter()
     summary = write_outputs(problem, y, samples, A, out_dir)
-    summary["network_evaluations"] = evaluation_summary(evaluations)
     timings["outputs_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
     return finish_summary(summary, out_dir, settings={**(settings or {}), **options.describe(), "n_steps": n_steps},
-                          n_steps=n_steps, timings=timings)
+                          n_steps=n_steps, timings=timings, evaluations=evaluations)
 
 
-def evaluation_summary(evaluations: np.ndarray) -> dict:
-    """Network evaluations per sample as counted by the run (forward passes and Jacobian products)."""
+def finish_summary(summary: dict, out_dir: str, *, settings: dict, n_steps: int, timings: dict,
+                   evaluations: np.ndarray) -> dict:
+    """Adds the settings, timings, network evaluations per sample (as the run counted them) and machine to a
+    run's summary and writes summary.json (process 0)."""
     e = np.asarray(evaluations, np.float64)
-    return {"per_sample_mean": round(float(e.mean()), 1), "per_sample_min": int(e.min()),
-            "per_sample_max": int(e.max()), "total": int(e.sum())}
-
-
-def finish_summary(summary: dict, out_dir: str, *, settings: dict, n_steps: int, timings: dict) -> dict:
-    """Adds the settings, timings and machine to a run's summary and writes summary.json (process 0)."""
     summary.update(
         settings=settings,
         n_steps=n_steps,
+        network_evaluations={"per_sample_mean": round(float(e.mean()), 1), "per_sample_min": int(e.min()),
+                             "per_sample_max": int(e.max()), "total": int(e.sum())},
         wall_time_s=round(timings["total_s"], 2),
         timings_s={k: round(v, 2) for k, v in timings.items()},
         devices={"count": jax.device_count(), "processes": jax.process_count(),

@@ -190,14 +190,14 @@ def _run(
                 continue
             bar.set_postfix(chunk=f"{c + 1}/{n_chunks}")
             index = _global(np.arange(c * chunk_size, c * chunk_size + padded, dtype=np.int32), chains)
-            x = init_fn(key_arg, index)
-            cost = np.zeros(len(want), np.int64)
+            x, evaluations = init_fn(key_arg, index), 0
             for s in range(n_seg):
                 x, n = segment_fn(key_arg, obs, index, x, _global(np.asarray(s * seg, np.int32), replicated))
-                cost += _to_host(n)[: len(want)]
+                evaluations = evaluations + n  # on the devices: one transfer per chunk, below
                 if progress:
                     x.block_until_ready()
                     bar.update(min(seg, n_steps - s * seg))
+            cost = _to_host(evaluations)[: len(want)].astype(np.int64)
             if denoise:
                 x = finish_fn(obs, x)
                 cost += 1
