@@ -3,6 +3,9 @@
   python -m experiments.joint_sbc [--lenses 100] [--chains 4] [--steps 200] [--seed 0] [--json out/joint_sbc.json]
       [--figure out/joint_sbc.png] [--checkpoint checkpoints/procedural_64]
 
+Each finished lens is saved next to --json (`<json>.partial.npz`), so an interrupted run started again with the
+same arguments goes on from the next lens.
+
 For each of --lenses simulated observations the true lens is drawn from the lens prior
 (`FitLensOptions().lens_prior(config lens)`, the prior `bin/sample --fit_lens` uses around its first guess)
 and the source is a held-out procedural galaxy; `joint_chains` then samples with that prior. If the sampler
@@ -72,17 +75,21 @@ def main() -> None:
                            n_steps=args.steps)
         return lens, run.lens, run.samples
 
-    ranks, sources, samples = [], [], []
-    t0 = time.perf_counter()
-    for k in tqdm(range(args.lenses), desc="lenses"):
+    partial = args.json + ".partial.npz"
+    settings = np.asarray([args.chains, args.steps, args.seed])
+    ranks, sources, samples, seconds = _resume(partial, settings)
+    t0 = time.perf_counter() - seconds
+    for k in tqdm(range(len(ranks), args.lenses), desc="lenses", initial=len(ranks), total=args.lenses):
         source = procedural_galaxy(HELD_OUT_SEED_START + STUDY_SOURCE_OFFSET + 10_000 + k, geometry.src_npix)
         source = jnp.asarray(source, jnp.float32)[..., None]
         truth, post, x = one(jax.random.fold_in(jax.random.key(args.seed), k), source)
         ranks.append([int(np.sum(np.asarray(post[i]) < float(truth[i]))) for i in lens_prior.free])
         sources.append(np.asarray(source))
         samples.append(np.asarray(x))
+        _save(partial, settings, ranks, sources, samples, time.perf_counter() - t0)
     seconds = time.perf_counter() - t0
-    ranks = np.asarray(ranks)
+    ranks = np.asarray(ranks[: args.lenses])
+    sources, samples = sources[: args.lenses], samples[: args.lenses]
     free = [FIELDS[i] for i in lens_prior.free]
     expected = args.lenses / (args.chains + 1)
     result = {}
@@ -101,6 +108,24 @@ def main() -> None:
               "source_tarp": coverage, "lenses": args.lenses, "chains": args.chains, "steps": args.steps}
     print("wrote", io.write_results(args.json, record))
     _figure(args.figure, free, result, expected)
+
+
+def _resume(path, settings):
+    """The lenses a previous run with the same chains, steps and seed finished, and its seconds."""
+    if not os.path.exists(path):
+        return [], [], [], 0.0
+    with np.load(path) as done:
+        if not np.array_equal(done["settings"], settings):
+            raise SystemExit(f"{path} holds a run with other --chains/--steps/--seed; move it away to start anew")
+        return list(done["ranks"]), list(done["sources"]), list(done["samples"]), float(done["seconds"])
+
+
+def _save(path, settings, ranks, sources, samples, seconds) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, settings=settings, ranks=np.asarray(ranks), sources=np.stack(sources),
+             samples=np.stack(samples), seconds=seconds)
+    os.replace(tmp, path)
 
 
 def _figure(path, names, result, expected) -> None:
