@@ -170,7 +170,7 @@ def test_fit_lens_cli_writes_lens_samples_and_diagnostics(tmp_path):
                                  "gamma2": -0.01}))
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, os.path.join(repo, "bin", "sample"), "--fit_lens", f"--lens={guess}",
-                        f"--out={out}", "--config.sampling.n_chains=2", "--config.fit_lens.n_steps=60"],
+                        f"--out={out}", "--config.sampling.n_chains=2", "--config.fit_lens.n_steps=25"],
                        env=dict(os.environ, XLA_FLAGS=""), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("lens_samples.csv", "samples.fits", "summary.json", "figure1.png"):
@@ -183,7 +183,7 @@ def test_fit_lens_cli_writes_lens_samples_and_diagnostics(tmp_path):
     assert set(lens["free"]) == set(LensParams._fields) and 0 < lens["acceptance"] <= 1
     assert all(k in lens["rhat"] and k in lens["ess"] for k in lens["free"])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_steps"] == 60 and summary["network_evaluations"]["per_sample_min"] >= 60 * 4  # ≥ 2 + 2 a step
+    assert summary["n_steps"] == 25 and summary["network_evaluations"]["per_sample_min"] >= 25 * 4  # ≥ 2 + 2 a step
     np.testing.assert_allclose([lens["mean"][k] for k in LensParams._fields], table.mean(0), atol=1e-6)
     assert "lens: theta_e" in r.stdout
     # A bad lens prior is one line and exit 2, before --out is touched.
