@@ -240,6 +240,23 @@ def test_validation_loss_is_logged_at_checkpoints_and_the_recipe_is_recorded(tra
     assert prior.model.sigma_data == prior.meta["model"]["sigma_data"]
 
 
+def test_training_curves_reads_a_real_run(trained, tmp_path):
+    """The study plots what bin/train logged: val_dsm at the checkpoints, quality where it was measured."""
+    out = tmp_path / "curves.json"
+    r = subprocess.run([sys.executable, "-m", "experiments.training_curves", f"--runs=tiny={trained / 'run'}",
+                        "--images-per-s=8", "--batch=4", "--cores=2", f"--json={out}",
+                        f"--figure={tmp_path / 'curves.png'}"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert record["cpu_hours_per_step"] == pytest.approx(4 / 8 * 2 / 3600)
+    run = record["runs"]["tiny"]
+    assert [s for s, _ in run["val_dsm"]] == [2, 4] and [s for s, _ in run["quality"]] == [3, 4]
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, "-m", "experiments.training_curves", f"--runs=tiny={tmp_path}"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert bad.returncode != 0 and "metrics.jsonl" in bad.stderr
+
+
 def test_damaged_latest_checkpoint_falls_back_to_previous(trained, tmp_path):
     workdir = _copy(trained, tmp_path)
     _truncate_files(workdir / "checkpoints" / "4")
