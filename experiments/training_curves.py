@@ -96,9 +96,9 @@ def _figure(path, runs, scored, per_step) -> None:
                         color=colors[label])
                 ax.plot([s * per_step for s in steps], [q["ks_floor"] for q in rows], "_", color="0.6")
     for label, points in scored.items():
-        for step, q in points:
-            if "val_dsm" in q:
-                axes[0].plot(step * per_step, q["val_dsm"], "o", ms=8, color=colors[label], mec="k")
+        for k, (step, q) in enumerate(points):
+            axes[0].plot(step * per_step, q.get("val_dsm", float("nan")), "o", ms=8, color=colors[label], mec="k",
+                         label=f"{label}, 500 vs 500" if k == 0 else None)
         for ax, name in zip(axes[1:], STATISTICS):
             for step, q in points:
                 ax.plot(step * per_step, q[f"ks_{name}"], "o", ms=8, color=colors[label], mec="k")

@@ -321,3 +321,14 @@ def test_prepare_out_dir(tmp_path):
         io.prepare_out_dir(out / "notes.txt", resume=False, overwrite=False)
 
 
+
+
+def test_result_records_name_no_machine_path(tmp_path, monkeypatch):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(repo)
+    out = tmp_path / "r.json"
+    io.write_results(str(out), {"command": [os.path.join(repo, "experiments", "coverage.py"), "--lenses", "2",
+                                            "--json", "a b.json"]})
+    assert json.loads(out.read_text())["command"] == "python -m experiments.coverage --lenses 2 --json 'a b.json'"
+    io.write_results(str(out), {"command": [str(tmp_path / "elsewhere" / "tool"), "--x"]})
+    assert json.loads(out.read_text())["command"] == "tool --x"

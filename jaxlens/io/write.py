@@ -326,8 +326,25 @@ def environment() -> dict:
             "device_count": jax.device_count()}
 
 
+def _command_line(argv: list[str]) -> str:
+    """`argv` as a command to type again: a script under the working directory becomes `python -m pkg.mod`,
+    so a record names no path of the machine it was made on."""
+    import shlex
+
+    script = os.path.abspath(argv[0]) if argv else ""
+    rel = os.path.relpath(script, os.getcwd()) if script else ""
+    if rel.endswith(".py") and not rel.startswith(".."):
+        head = ["python", "-m", rel[:-3].replace(os.sep, ".")]
+    else:
+        head = [os.path.basename(argv[0])] if argv else []
+    return shlex.join(head + list(argv[1:]))
+
+
 def write_results(path: str, record: dict) -> str:
-    """Writes a study's or benchmark's record as JSON, with `environment()` under "environment"."""
+    """Writes a study's or benchmark's record as JSON, with `environment()` under "environment"; a
+    "command" given as an argv list is written as `_command_line(argv)`."""
+    if isinstance(record.get("command"), list):
+        record = {**record, "command": _command_line(record["command"])}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump({"environment": environment(), **record}, f, indent=1, default=_json_default)
