@@ -48,7 +48,7 @@ import numpy as np
 from configs import procedural_64
 from jaxlens import io
 from jaxlens.cli import common
-from jaxlens.diagnostics import coverage_bias, coverage_plot, max_calibration_error, metrics, tarp_bootstrap
+from jaxlens.diagnostics import coverage_plot, metrics, tarp_summary
 from jaxlens.lensing import lens_operator
 from jaxlens.prior import load_prior
 from jaxlens.sample import (Eq12, Tweedie, likelihood_from_name, observe, sample_observations,
@@ -145,13 +145,8 @@ def evaluate(samples, problems, geo, args) -> dict:
     if finite.sum() < 2:
         return out
     s, t = samples[finite], truths[finite]
-    key = jax.random.key(args.seed + 11)
     # The posterior proper is samples 1..S; sample 0 stands in for the truth in the noise-floor test.
-    curve = tarp_bootstrap(s[:, 1:], t, key=key, n_alpha=50, norm=False, n_references=args.references,
-                           n_bootstrap=200)
-    floor = tarp_bootstrap(s[:, 1:], s[:, 0], key=key, n_alpha=50, norm=False, n_references=args.references,
-                           n_bootstrap=200)
-    worst = int(np.argmax(np.abs(curve[1] - curve[0])))
+    coverage = tarp_summary(s, t, key=jax.random.key(args.seed + 11), n_references=args.references)
     chi2, err = [], []
     for p, xs in zip([p for p, ok in zip(problems, finite) if ok], s[:, 1:]):
         A, _ = lens_operator(p.lens, geo)
@@ -160,9 +155,9 @@ def evaluate(samples, problems, geo, args) -> dict:
                              / np.linalg.norm(p.truth)))
     ratio, ratio_std = metrics.spread_skill(s, t, seed=args.seed)
     out.update(spread_skill=ratio, spread_skill_std=ratio_std)
-    out.update(curve=curve, floor=floor, max_dev=max_calibration_error(curve[0], curve[1]),
-               max_dev_std=float(curve[2][worst]), floor_dev=max_calibration_error(floor[0], floor[1]),
-               bias=coverage_bias(curve[0], curve[1]), chi2=float(np.median(chi2)), err=float(np.median(err)))
+    out.update(curve=coverage["curve"], floor=coverage["floor"], max_dev=coverage["max_dev"],
+               max_dev_std=coverage["max_dev_std"], floor_dev=coverage["floor_dev"], bias=coverage["signed_area"],
+               chi2=float(np.median(chi2)), err=float(np.median(err)))
     return out
 
 

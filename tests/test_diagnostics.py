@@ -409,3 +409,28 @@ def test_prior_quality_sees_no_gap_between_two_draws_of_the_data_and_a_large_one
     assert min(far[f"ks_{n}"] for n in ("flux", "r50", "concentration")) > 3 * far["ks_floor"]
     with pytest.raises(ValueError, match="finite prior samples"):
         dg.prior_quality(blobs[:2], data, key=jax.random.key(0), samples_per_truth=2)
+
+
+def test_tarp_summary_on_images_with_an_empty_background():
+    """Image posteriors: a source in the middle, a background where the truths are nearly 0 (faint wings) and
+    the samples carry a little noise. The summary (plain distances) finds the calibrated posterior within its
+    own noise floor and the too-wide one; the TARP paper's per-pixel normalisation by the truths' range blows
+    the background noise up and calls even the calibrated posterior under-confident."""
+    rng = np.random.default_rng(6)
+    n_sims, n_samples, dim, source = 200, 4, 256, 64
+    mu = np.zeros((n_sims, dim))
+    mu[:, :source] = rng.uniform(-5, 5, (n_sims, source))
+    sigma = np.full(dim, 1e-3)
+    sigma[:source] = 1.0
+    background = np.arange(dim) >= source
+    truth = mu + np.where(background, 1e-5 * rng.random(mu.shape), sigma * rng.normal(size=mu.shape))
+    exact = mu[:, None] + sigma * rng.normal(size=(n_sims, n_samples, dim))
+    wide = mu[:, None] + 2 * sigma * rng.normal(size=(n_sims, n_samples, dim))
+    good = dg.tarp_summary(exact, truth, key=0, n_references=16, n_bootstrap=50)
+    bad = dg.tarp_summary(wide, truth, key=0, n_references=16, n_bootstrap=50)
+    assert good["max_dev"] < good["floor_dev"] + 3 * good["max_dev_std"]
+    assert bad["max_dev"] > 0.2 and bad["signed_area"] > 0.1
+    alpha, normalised = dg.tarp_coverage(exact[:, 1:], truth, key=0, n_references=16)
+    assert dg.coverage_bias(alpha, normalised) > 0.3
+    with pytest.raises(ValueError, match="S >= 3"):
+        dg.tarp_summary(exact[:, :2], truth, key=0)

@@ -43,6 +43,7 @@ from jaxlens.diagnostics.tarp import (
     tarp_bootstrap,
     tarp_coverage,
     tarp_statistic,
+    tarp_summary,
 )
 
 __all__ = [
@@ -78,5 +79,6 @@ __all__ = [
     "tarp_bootstrap",
     "tarp_coverage",
     "tarp_statistic",
+    "tarp_summary",
     "total_flux",
 ]
