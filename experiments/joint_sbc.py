@@ -11,7 +11,9 @@ For each of --lenses simulated observations the true lens is drawn from the lens
 and the source is a held-out procedural galaxy; `joint_chains` then samples with that prior. If the sampler
 is calibrated, the rank of each true parameter among its --chains posterior samples is uniform on
 {0, ..., chains}: the script reports the χ² statistic of the rank counts per parameter with its p-value,
-source TARP (`diagnostics.tarp`) over the same runs, and draws the rank histograms.
+how often the truth sits at an extreme rank (pooled over parameters: too rare means too-wide posteriors),
+the sources' TARP (`diagnostics.tarp_summary`, with its noise floor) and spread/skill over the same runs,
+and draws the rank histograms.
 """
 
 from __future__ import annotations
@@ -113,8 +115,8 @@ def main() -> None:
     print(f"source TARP: max |ECP - alpha| {coverage['max_dev']:.3f} ± {coverage['max_dev_std']:.3f} (noise floor "
           f"{coverage['floor_dev']:.3f}), signed area {coverage['signed_area']:+.3f}; spread/skill "
           f"{ratio:.3f} ± {ratio_std:.3f}")
-    record = {"command": sys.argv, "seconds": seconds, "ranks": result, "smallest_p": smallest, "extreme_rank_fraction": extreme,
-              "source_tarp": coverage, "lenses": args.lenses, "chains": args.chains, "steps": args.steps}
+    record = {"command": sys.argv, "seconds": seconds, "ranks": result, "smallest_p": smallest,
+              "extreme_rank_fraction": extreme, "source_tarp": coverage, "lenses": args.lenses, "chains": args.chains, "steps": args.steps}
     print("wrote", io.write_results(args.json, record))
     _figure(args.figure, free, result, expected)
 
