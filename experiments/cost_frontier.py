@@ -20,6 +20,7 @@ import os
 import sys
 
 from jaxlens import io
+from jaxlens.diagnostics.figures import save_figure
 from experiments.mixture_calibration import run_setting
 
 DEFAULT_SETTINGS = ("exact:25,exact:50,exact:100,tweedie:200:5,tweedie:100:5,tweedie:50:5,tweedie:50:10,"
@@ -67,8 +68,7 @@ def plot(path: str, rows: list[dict]) -> None:
             if i == 1:
                 ax.set_xlabel("network evaluations per sample")
     axes[0, -1].legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -101,7 +101,6 @@ def main() -> None:
                       f"{r['var_ratio']:.3f} | {r['mean_err']:.2f} | {r['spread_skill']:.3f} ± "
                       f"{r['spread_skill_err']:.3f} | {r['diverged']} |", flush=True)
     print("wrote", io.write_results(args.json, {"command": sys.argv, "args": vars(args), "rows": rows}))
-    os.makedirs(os.path.dirname(args.figure) or ".", exist_ok=True)
     plot(args.figure, rows)
     print("wrote", args.figure)
 

@@ -90,8 +90,7 @@ def prior_sources(prior, shape, n: int, n_steps: int, args) -> np.ndarray:
             return cached["sources"][:n]
     sources = sample_prior(jax.random.key(args.seed + 13), prior.score_fn(), prior.sde, shape, n, n_steps,
                            chunk_size=args.lens_batch)
-    os.makedirs(args.workdir, exist_ok=True)
-    np.savez(path, sources=sources, settings=settings)
+    io.save_arrays(path, sources=sources, settings=settings)
     return sources
 
 
@@ -132,9 +131,8 @@ def sample_mode(mode, prior, geo, shape, problems, n_steps, args, settings) -> t
                                         first=len(samples), return_cost=True)
         samples, wall = np.concatenate([samples, new]), wall + time.perf_counter() - t0
         evaluations = np.concatenate([evaluations, cost])
-        os.makedirs(args.workdir, exist_ok=True)
-        np.savez(path, samples=samples, evaluations=evaluations, wall=wall,
-                 settings=json.dumps(dict(settings, lenses=len(samples))))
+        io.save_arrays(path, samples=samples, evaluations=evaluations, wall=wall,
+                       settings=json.dumps(dict(settings, lenses=len(samples))))
     return samples, evaluations, wall
 
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from jaxlens import io
 from jaxlens.data import HELD_OUT_SEED_START, procedural_galaxy
 from jaxlens.diagnostics import metrics, tarp
+from jaxlens.diagnostics.figures import save_figure
 from jaxlens.fit_lens import FitLensOptions
 from jaxlens.lensing import LensParams, render
 from jaxlens.prior import load_prior
@@ -132,11 +133,8 @@ def _resume(path, settings):
 
 
 def _save(path, settings, ranks, sources, samples, seconds) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, settings=settings, ranks=np.asarray(ranks), sources=np.stack(sources),
-             samples=np.stack(samples), seconds=seconds)
-    os.replace(tmp, path)
+    io.save_arrays(path, settings=settings, ranks=np.asarray(ranks), sources=np.stack(sources),
+                   samples=np.stack(samples), seconds=seconds)
 
 
 def _figure(path, names, result, expected) -> None:
@@ -152,9 +150,7 @@ def _figure(path, names, result, expected) -> None:
         ax.axhline(expected, color="k", lw=1)
         ax.set_title(f"{name}\np = {result[name]['p_value']:.2f}", fontsize=8)
         ax.set_xlabel("rank")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -87,8 +87,7 @@ def std_figure(path, truths, means, stds, masks, fov):
                 ax[r, c].set_title(f"lens {r}: {name}", fontsize=7)
                 ax[r, c].tick_params(labelsize=6)
                 fig.colorbar(im, ax=ax[r, c], fraction=0.046)
-        fig.tight_layout()
-        fig.savefig(path)
+        figures.save_figure(fig, path)
 
 
 def morphology_figure(path, prior_m, data_m):
@@ -104,8 +103,7 @@ def morphology_figure(path, prior_m, data_m):
         a.set_xlabel(label, fontsize=8)
         a.tick_params(labelsize=7)
     a.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
+    figures.save_figure(fig, path)
 
 
 def _q(v, q):

@@ -21,6 +21,7 @@ import os
 import sys
 
 from jaxlens import io
+from jaxlens.diagnostics.figures import save_figure
 
 STATISTICS = ("flux", "r50", "concentration", "e")
 
@@ -111,9 +112,7 @@ def _figure(path, runs, scored, per_step) -> None:
         ax.set_xlabel("CPU-hours")
     fig.suptitle("small markers: logged at cheap settings (grey: their floor); large: 500 vs 500 (dashed: floor)",
                  fontsize=8)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

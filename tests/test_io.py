@@ -332,3 +332,19 @@ def test_result_records_name_no_machine_path(tmp_path, monkeypatch):
     assert json.loads(out.read_text())["command"] == "python -m experiments.coverage --lenses 2 --json 'a b.json'"
     io.write_results(str(out), {"command": [str(tmp_path / "elsewhere" / "tool"), "--x"]})
     assert json.loads(out.read_text())["command"] == "tool --x"
+
+
+def test_save_arrays_is_atomic(tmp_path):
+    """A write that fails part-way leaves the previous cache whole, and no temporary file behind."""
+    path = tmp_path / "cache" / "run.npz"
+    io.save_arrays(path, done=np.arange(3))
+
+    class Broken:
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError("stopped mid-write")
+
+    with pytest.raises(RuntimeError, match="mid-write"):
+        io.save_arrays(path, done=np.arange(5), more=Broken())
+    with np.load(path) as cached:
+        np.testing.assert_array_equal(cached["done"], np.arange(3))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["run.npz"]

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from jaxlens.diagnostics.metrics import posterior_moments, reduced_chi2, residual_snr
 
-__all__ = ["coverage_plot", "figure1", "figure3", "image_grid", "noise_sweep_figure"]
+__all__ = ["coverage_plot", "figure1", "figure3", "image_grid", "noise_sweep_figure", "save_figure"]
 
 _STYLE = {
     "font.size": 8,
@@ -109,10 +109,14 @@ def _new(figsize, dpi) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path) -> Path:
+def save_figure(fig: Figure, path, *, dpi: float | None = None) -> Path:
+    """Writes `fig` to `path` (its folder made if needed), laid out tightly unless it has a layout engine
+    already; `dpi` defaults to the figure's. Also for pyplot figures (close them after)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(os.fspath(path), dpi=fig.dpi)
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    fig.savefig(os.fspath(path), dpi=dpi or fig.dpi)
     return path
 
 
@@ -216,7 +220,7 @@ def figure1(
         r = _symmetric(z_img)
         _panel(fig, ax[1, 5], z_img, fov=img_fov, title="Residual SNR (y − mean)/σ$_n$", cmap=_RESID_CMAP,
                vmin=-r, vmax=r, xlabel=True)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def _grid_shape(n: int, ncols: int) -> tuple[int, int]:
@@ -278,7 +282,7 @@ def image_grid(
         if fov is not None:
             ax[0].text(0.96, 0.04, f'{fov:g}"', transform=ax[0].transAxes, ha="right", va="bottom",
                        color="white", fontsize=6)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def figure3(
@@ -349,7 +353,7 @@ def coverage_plot(
         if title:
             ax.set_title(title)
         ax.legend(loc="upper left", frameon=False)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def noise_sweep_figure(
@@ -412,4 +416,4 @@ def noise_sweep_figure(
                    colorbar=False, ticks=False)
             _panel(fig, ax[1, k + 1], xs[k], fov=src_fov, title="Posterior sample", cmap=cmap, vmin=src_lim[0],
                    vmax=src_lim[1], colorbar=False, ticks=False)
-        return _save(fig, path)
+        return save_figure(fig, path)

@@ -23,8 +23,8 @@ both are re-exported here, so callers use ``from jaxlens import io``.
 """
 
 from jaxlens.io.read import LENS_FIELDS, read_image, read_lens, read_noise, read_psf, read_samples
-from jaxlens.io.write import (OutputExistsError, environment, fits_header, write_results, prepare_out_dir, write_lens, write_map,
-                              write_samples)
+from jaxlens.io.write import (OutputExistsError, environment, fits_header, prepare_out_dir, save_arrays, write_lens,
+                              write_map, write_results, write_samples, write_text)
 
 __all__ = [
     "LENS_FIELDS",
@@ -37,8 +37,10 @@ __all__ = [
     "read_noise",
     "read_psf",
     "read_samples",
+    "save_arrays",
     "write_lens",
     "write_map",
     "write_results",
     "write_samples",
+    "write_text",
 ]

@@ -159,8 +159,23 @@ def _atomic_replace(path: Path, write) -> Path:
     return path
 
 
-def _atomic_write_text(path: Path, text: str) -> Path:
-    return _atomic_replace(path, lambda tmp: Path(tmp).write_text(text))
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Writes `text` to `path` atomically (a reader sees the old file or the new one, never a part);
+    the folder is made if needed."""
+    return _atomic_replace(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def save_arrays(path: str | os.PathLike, **arrays) -> Path:
+    """`np.savez` of `arrays` to `path`, atomically (a run stopped mid-write leaves the previous file);
+    the folder is made if needed. For caches that let a long run resume."""
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _atomic_replace(Path(path), write)
 
 
 def _finite_float32(array, what: str) -> np.ndarray:
@@ -238,11 +253,7 @@ def write_samples(
     fits_path = _atomic_replace(out_dir / "samples.fits", lambda tmp: hdu.writeto(tmp, overwrite=True))
     meta = json.dumps(_jsonable(dict(header)), sort_keys=True)
 
-    def _write_npz(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, samples=arr, header=np.array(meta))
-
-    npz_path = _atomic_replace(out_dir / "samples.npz", _write_npz)
+    npz_path = save_arrays(out_dir / "samples.npz", samples=arr, header=np.array(meta))
     return fits_path, npz_path
 
 
@@ -262,7 +273,7 @@ def write_lens(path: str | os.PathLike, lens) -> Path:
                 raise ValueError(f"write_lens writes one lens; {key} has shape {arr.shape}")
             raw[key] = arr.item()
     values = _lens_dict(raw, "")
-    return _atomic_write_text(Path(path), json.dumps(values, indent=2) + "\n")
+    return write_text(path, json.dumps(values, indent=2) + "\n")
 
 
 

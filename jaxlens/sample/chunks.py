@@ -21,10 +21,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from typing import Any
 
 import numpy as np
+
+from jaxlens import io
 
 __all__ = ["ChunkStore", "array_digest", "settings_hash"]
 
@@ -54,21 +55,6 @@ def array_digest(arr: Any, *, decimals: int | None = None) -> str:
 def settings_hash(settings: dict) -> str:
     """sha256 of a JSON-serialisable settings dict (key order does not matter)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-
-
-def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +107,7 @@ class ChunkStore:
                 )
         text = json.dumps({"format": _FORMAT, "hash": self.hash, "settings": self.settings},
                           indent=1, sort_keys=True)
-        _atomic_write(path, lambda f: f.write(text.encode()))
+        io.write_text(path, text)
 
     def path(self, chunk: int) -> str:
         return os.path.join(self.folder, f"chunk_{chunk:05d}.npz")
@@ -131,11 +117,8 @@ class ChunkStore:
 
     def save(self, chunk: int, indices: np.ndarray, samples: np.ndarray, evaluations: np.ndarray) -> None:
         """Atomically writes one chunk: its chains' samples and network evaluations."""
-        _atomic_write(
-            self.path(chunk),
-            lambda f: np.savez(f, indices=np.asarray(indices), samples=np.asarray(samples),
-                               evaluations=np.asarray(evaluations), settings_hash=np.asarray(self.hash)),
-        )
+        io.save_arrays(self.path(chunk), indices=np.asarray(indices), samples=np.asarray(samples),
+                       evaluations=np.asarray(evaluations), settings_hash=np.asarray(self.hash))
 
     def load(self, chunk: int, expected_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reads one chunk and checks that it belongs to this run.
