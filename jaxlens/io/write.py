@@ -159,23 +159,28 @@ def _atomic_replace(path: Path, write) -> Path:
     return path
 
 
+def _durable_replace(path, fill) -> Path:
+    """`_atomic_replace` writing through `fill(binary file)`, flushed to disk before the rename."""
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _atomic_replace(Path(path), write)
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Writes `text` to `path` atomically (a reader sees the old file or the new one, never a part);
     the folder is made if needed."""
-    return _atomic_replace(Path(path), lambda tmp: Path(tmp).write_text(text))
+    return _durable_replace(path, lambda f: f.write(text.encode()))
 
 
 def save_arrays(path: str | os.PathLike, **arrays) -> Path:
     """`np.savez` of `arrays` to `path`, atomically (a run stopped mid-write leaves the previous file);
     the folder is made if needed. For caches that let a long run resume."""
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-
-    return _atomic_replace(Path(path), write)
+    return _durable_replace(path, lambda f: np.savez(f, **arrays))
 
 
 def _finite_float32(array, what: str) -> np.ndarray:
