@@ -1,11 +1,13 @@
 """Accuracy against network evaluations on the Gaussian-mixture benchmark, for each sampler setting.
 
   python -m experiments.cost_frontier [--sims 20] [--chains 32] [--priors locations,scales]
-      [--sigma-n 0.05,0.3] [--settings exact:50,tweedie:200:5,tweedie:50:20:0.03,...]
+      [--sigma-n 0.05,0.3] [--settings exact:50,tweedie:200:5,tweedie:50:20:0.03,tweedie:25:20:0.05:pc,...]
       [--json out/cost_frontier.json] [--figure out/cost_frontier.png]
 
 Each setting is `exact:N` (the reverse SDE with the exact diffused posterior score: the sampler's own
-discretisation error at N) or `tweedie:N:cap[:drift_tol]`. The posteriors are exact
+discretisation error at N) or `tweedie:N:cap[:drift_tol[:solver]]`, the solver one of `em`
+(Euler–Maruyama, the default), `pc` (one Langevin corrector per step, score_sde's snr 0.16), `ode` and
+`heun` (the probability-flow ODE, Euler and Heun: deterministic given the start). The posteriors are exact
 (`experiments.mixture_calibration`), so accuracy is measured, not estimated: the variance ratio
 Σ tr Cov(samples) / Σ tr Cov(exact) (1 is exact) and the mean error in Monte-Carlo units (1 is exact).
 Network evaluations per sample are counted by the sampler as it runs (a score call, or a Jacobian
@@ -21,26 +23,34 @@ import sys
 
 from jaxlens import io
 from jaxlens.diagnostics.figures import save_figure
+from jaxlens.sample import EulerMaruyama, PredictorCorrector, ProbabilityFlow
 from experiments.mixture_calibration import run_setting
 
 DEFAULT_SETTINGS = ("exact:25,exact:50,exact:100,tweedie:200:5,tweedie:100:5,tweedie:50:5,tweedie:50:10,"
                     "tweedie:100:20,tweedie:50:20,tweedie:50:20:0.03,tweedie:40:20:0.03,tweedie:75:20:0.03")
 
 
+SOLVERS = {"em": EulerMaruyama(), "pc": PredictorCorrector(), "ode": ProbabilityFlow("euler"),
+           "heun": ProbabilityFlow("heun")}
+
+
 def parse_setting(text: str) -> dict:
     parts = text.split(":")
     if parts[0] == "exact" and len(parts) == 2:
-        return {"mode": "exact", "n_steps": int(parts[1]), "cap": 0, "drift_tol": 0.0}
-    if parts[0] == "tweedie" and len(parts) in (3, 4):
+        return {"mode": "exact", "n_steps": int(parts[1]), "cap": 0, "drift_tol": 0.0, "solver": "em"}
+    if parts[0] == "tweedie" and len(parts) in (3, 4, 5) and (len(parts) < 5 or parts[4] in SOLVERS):
         return {"mode": "tweedie", "n_steps": int(parts[1]), "cap": int(parts[2]),
-                "drift_tol": float(parts[3]) if len(parts) == 4 else 0.0}
-    raise SystemExit(f"bad setting {text!r}: use exact:N or tweedie:N:cap[:drift_tol]")
+                "drift_tol": float(parts[3]) if len(parts) >= 4 else 0.0,
+                "solver": parts[4] if len(parts) == 5 else "em"}
+    raise SystemExit(f"bad setting {text!r}: use exact:N or tweedie:N:cap[:drift_tol[:solver]], "
+                     f"solver one of {sorted(SOLVERS)}")
 
 
 def label(s: dict) -> str:
     if s["mode"] == "exact":
         return f"exact score, N={s['n_steps']}"
-    return f"tweedie N={s['n_steps']} cap {s['cap']}" + (f" drift {s['drift_tol']:g}" if s["drift_tol"] else "")
+    return (f"tweedie N={s['n_steps']} cap {s['cap']}" + (f" drift {s['drift_tol']:g}" if s["drift_tol"] else "")
+            + (f" {s['solver']}" if s["solver"] != "em" else ""))
 
 
 def plot(path: str, rows: list[dict]) -> None:
@@ -94,7 +104,7 @@ def main() -> None:
         for sigma_n in (float(v) for v in args.sigma_n.split(",")):
             for s in settings:
                 r = run_setting(prior, sigma_n, [s["mode"]], args.sims, args.chains, s["n_steps"], max(s["cap"], 1),
-                                args.seed, drift_tol=s["drift_tol"])[s["mode"]]
+                                args.seed, drift_tol=s["drift_tol"], solver=SOLVERS[s["solver"]])[s["mode"]]
                 row = {"prior": prior, "sigma_n": sigma_n, **s, **r}
                 rows.append(row)
                 print(f"| {prior} | {sigma_n:g} | {label(s)} | {r['evaluations_per_sample']:.0f} | "

@@ -20,7 +20,12 @@ cap and step count.
 
 Modes: 'exact' integrates the reverse SDE with the exact diffused posterior score (the sampler's own
 error at this N), 'tweedie' and 'eq19' the likelihood terms with the exact prior score, and 'draws'
-samples the posterior mixture directly (no SDE: the Monte-Carlo reference). --jacobian-error δ
+samples the posterior mixture directly (no SDE: the Monte-Carlo reference). 'gaussian_full' is
+tweedie's own Gaussian N(y; A m(x_t), σ_n² I + A C(x_t) Aᵀ), differentiated through its covariance as
+well as its mean (dense, an oracle only small problems afford): the library's term, like TMPD, follows
+the mean's gradient alone, and the difference between the two is what that drops. 'gaussian_probe' is
+the same with the log-determinant's gradient estimated from one random probe per step, as a scalable
+version would. --jacobian-error δ
 gives tweedie a score whose value is exact but whose Jacobian is J (I + δ E), a model of a learned
 score's (see `with_jacobian_error`). For each it prints,
 pooled over the simulations (truth drawn from the prior, y = A x + σ_n ε):
@@ -47,14 +52,14 @@ from jaxlens.diagnostics import metrics
 from jaxlens.lensing import Geometry, LensParams, lens_operator
 from jaxlens.reference import (dense_operator, mixture_moments, mixture_posterior, mixture_prior,
                                mixture_prior_sample, mixture_prior_score, smooth_gaussian_prior)
-from jaxlens.sample import Tweedie, likelihood_from_name, observe, posterior_chains, prior_chains
+from jaxlens.sample import EulerMaruyama, Tweedie, likelihood_from_name, observe, posterior_chains, prior_chains
 from jaxlens.sde import VESDE
 
 SHAPE = (16, 16, 1)
 GEOM = Geometry(src_npix=16, src_fov=2.0, fine_npix=32, img_fov=3.0, pool=2)
 LENS = LensParams(1.0, 0.1, -0.05, 0.02, -0.03, 0.02, 0.01)
 SDE = VESDE(1e-3, 40.0)
-MODES = ("draws", "exact", "tweedie", "eq19")
+MODES = ("draws", "exact", "tweedie", "eq19", "gaussian_full", "gaussian_probe")
 
 
 def _blob(x0, y0, r, q=1.0, amp=1.0):
@@ -115,13 +120,58 @@ def _exact_chains(n_chains: int, n_steps: int):
     return run
 
 
-def _posterior_chains(score, term, sigma_n, Ad, ATd, n_chains: int, n_steps: int):
+def gaussian_log_likelihood(prior_score, M, sigma_n, x, t, y, *, through_cov=True, probe=None):
+    """log N(y; A m(x), σ_n² I + A C(x) Aᵀ) up to a constant, tweedie's Gaussian p_t(y | x_t), dense.
+
+    m(x) = x + σ² s(x) and C(x) = σ² ∂m/∂x are tweedie's moments of p(x₀ | x_t) (one JVP per pixel).
+    Its gradient in x is the likelihood score; with `through_cov=False` C is held fixed, which is the
+    library's term (the mean's gradient alone, as in TMPD). With a Rademacher `probe` w, the
+    log-determinant is replaced by Hutchinson's ½ wᵀ Σ⁻¹ A C(x) Aᵀ w with Σ⁻¹ held fixed: the same
+    gradient in expectation, the form a network-scale term could afford.
+    """
+    var_t = SDE.sigma(t) ** 2
+    mean = lambda z: z + var_t * prior_score(z.reshape(SHAPE), t).reshape(-1)  # noqa: E731
+    m, jac = mean(x.reshape(-1)), jax.jacfwd(mean)(x.reshape(-1))
+    if not through_cov:
+        jac = jax.lax.stop_gradient(jac)
+    cov = M @ (var_t * 0.5 * (jac + jac.T)) @ M.T + sigma_n**2 * jnp.eye(M.shape[0])
+    chol = jnp.linalg.cholesky(cov)
+    white = jax.scipy.linalg.solve_triangular(chol, y.reshape(-1) - M @ m, lower=True)
+    if probe is None:
+        return -0.5 * white @ white - jnp.sum(jnp.log(jnp.diag(chol)))
+    sol = jax.scipy.linalg.cho_solve((jax.lax.stop_gradient(chol), True), probe)
+    return -0.5 * white @ white - 0.5 * sol @ (cov @ probe)
+
+
+def _full_gaussian_chains(prior_score, sigma_n, M, n_chains: int, n_steps: int, probe: bool = False):
+    """Chains under the prior score plus the whole gradient of `gaussian_log_likelihood`.
+
+    Each step costs D + 1 score evaluations and their second derivatives (counted as D + 1).
+    """
+    mj = jnp.asarray(M, jnp.float32)
+
+    @jax.jit
+    def run(key, y):
+        def score(x, t):
+            w = None
+            if probe:  # a different probe per chain and step, from the state's own bits (the score has no key)
+                seed = jnp.sum(jax.lax.bitcast_convert_type(x, jnp.int32))
+                w = jax.random.rademacher(jax.random.key(seed), (mj.shape[0],), jnp.float32)
+            lik = jax.grad(gaussian_log_likelihood, argnums=3)(prior_score, mj, sigma_n, x, t, y, probe=w)
+            return prior_score(x, t) + lik, 1 + x.size
+
+        return prior_chains(key, score, SDE, SHAPE, n_chains=n_chains, n_steps=n_steps, with_cost=True)
+
+    return run
+
+
+def _posterior_chains(score, term, sigma_n, Ad, ATd, n_chains: int, n_steps: int, solver):
     """The core's chains with a likelihood term; y is an argument, so one compilation serves every simulation."""
 
     @jax.jit
     def run(key, y):
         return posterior_chains(key, score, observe(y, sigma_n, A=Ad, AT=ATd), SDE, likelihood=term,
-                                n_chains=n_chains, n_steps=n_steps, with_cost=True)
+                                n_chains=n_chains, n_steps=n_steps, solver=solver, with_cost=True)
 
     return run
 
@@ -141,7 +191,7 @@ def _weight_error(post, xs):
 
 
 def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, seed=0, jacobian_error=0.0,
-                drift_tol=0.0):
+                drift_tol=0.0, solver=EulerMaruyama()):
     """One (prior, σ_n) cell: each mode's pooled accuracy, divergences, seconds and network evaluations."""
     prior = make_prior(prior_name)
     A, _ = lens_operator(LENS, GEOM)
@@ -154,9 +204,12 @@ def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, 
         score = with_jacobian_error(score, jacobian_error, int(np.prod(SHAPE)))
     exact = _exact_chains(chains, n_steps)
     terms = {m: Tweedie(lanczos_cap=lanczos_cap, drift_tol=drift_tol) if m == "tweedie" else likelihood_from_name(m)
-             for m in modes if m not in ("draws", "exact")}
-    posterior = {m: _posterior_chains(score, term, sigma_n, Ad, ATd, chains, n_steps)
+             for m in modes if m not in ("draws", "exact", "gaussian_full", "gaussian_probe")}
+    posterior = {m: _posterior_chains(score, term, sigma_n, Ad, ATd, chains, n_steps, solver)
                  for m, term in terms.items()}
+    for m in ("gaussian_full", "gaussian_probe"):
+        if m in modes:
+            posterior[m] = _full_gaussian_chains(score, sigma_n, M, chains, n_steps, probe=m == "gaussian_probe")
     truths = np.asarray(mixture_prior_sample(jax.random.key(seed), prior, sims), np.float64)
     rng = np.random.default_rng(seed)
     acc = {m: {"samples": [], "mean_sq": [], "w_err": [], "evaluations": []} for m in modes}

@@ -149,3 +149,46 @@ def test_jacobian_error_model_keeps_the_score_and_perturbs_its_jacobian_as_docum
     e = np.linalg.solve(j, j_err - j) / 0.1  # J (I + δ E) = J + δ J E
     assert abs(np.linalg.norm(e, 2) - 1.0) < 1e-2
     assert np.linalg.norm(e - e.T) > 0.5 * np.linalg.norm(e)  # asymmetric, as a learned Jacobian is
+
+
+def test_dense_gaussian_likelihood_is_tweedies_term_plus_its_covariance_gradient():
+    """The mixture study's dense oracle: with its covariance held fixed it is the library's Tweedie term
+    (converged), and its one-probe log-determinant averages to the exact one over a frame of probes."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from experiments import mixture_calibration as mc
+    from jaxlens.lensing import lens_operator
+    from jaxlens.reference import dense_operator, mixture_prior_sample, mixture_prior_score
+    from jaxlens.sample import Tweedie, observe
+
+    prior = mc.make_prior("scales")
+    score = mixture_prior_score(prior, mc.SDE)
+    A, _ = lens_operator(mc.LENS, mc.GEOM)
+    M = jnp.asarray(dense_operator(A, mc.SHAPE), jnp.float32)
+    key = jax.random.key(3)
+    x0 = mixture_prior_sample(key, prior, 1)[0]
+    t, sigma_n = jnp.float32(0.7), 0.3  # σ_t ≈ 1.7, where x_t does not yet tell the two scales apart
+    x = x0 + mc.SDE.sigma(t) * jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
+    y = (M @ x0.reshape(-1) + sigma_n * jax.random.normal(jax.random.fold_in(key, 2), (M.shape[0],)))
+    grad = jax.jit(jax.grad(mc.gaussian_log_likelihood, argnums=3), static_argnums=(0,),
+                   static_argnames=("through_cov",))
+    mean_only = grad(score, M, sigma_n, x, t, y, through_cov=False)
+    full = grad(score, M, sigma_n, x, t, y)
+
+    obs = observe(y.reshape(mc.GEOM.img_shape + (1,)), sigma_n,
+                  A=lambda v: (M @ v.reshape(-1)).reshape(mc.GEOM.img_shape + (1,)),
+                  AT=lambda r: (M.T @ r.reshape(-1)).reshape(mc.SHAPE))
+    term = Tweedie(lanczos_cap=100, lanczos_tol=1e-6, drift_tol=0.0)
+    library = term.posterior_score(score, obs, x, t, mc.SDE) - score(x, t)
+    np.testing.assert_allclose(library, mean_only, rtol=0, atol=2e-3 * float(jnp.abs(mean_only).max()))
+    # What the mean-only term drops is not small here (the scales prior at σ_n = 0.3).
+    cov_part = full - mean_only
+    assert float(jnp.linalg.norm(cov_part)) > 0.1 * float(jnp.linalg.norm(mean_only))
+
+    # Probes √D e_i average to E[w wᵀ] = I exactly, so their gradients average to the exact one.
+    d = M.shape[0]
+    probes = np.sqrt(d) * np.eye(d, dtype=np.float32)
+    per_probe = jax.jit(jax.vmap(lambda w: jax.grad(mc.gaussian_log_likelihood, argnums=3)(
+        score, M, sigma_n, x, t, y, probe=w)))(probes)
+    np.testing.assert_allclose(per_probe.mean(0), full, rtol=0, atol=2e-3 * float(jnp.abs(full).max()))
