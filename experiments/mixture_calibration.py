@@ -242,6 +242,12 @@ def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, 
         a = acc[m]
         xs = np.stack(a["samples"])
         finite = np.isfinite(xs.reshape(sims, -1)).all(1)
+        if not finite.any():  # every simulation diverged: nothing to score
+            rows[m] = {k: float("nan") for k in ("var_ratio", "mean_err", "weight_err", "spread_skill",
+                                                 "spread_skill_err")}
+            rows[m].update(diverged=sims, seconds_per_sim=seconds[m] / sims,
+                           evaluations_per_sample=float(np.mean(a["evaluations"])))
+            continue
         spread, _ = metrics.spread_and_skill(xs[finite], truths[finite])
         ratio, err = metrics.spread_skill(xs[finite], truths[finite])
         tr = exact_trace[finite]

@@ -52,9 +52,9 @@ def test_default_is_calibrated_and_paper_config_is_the_papers_eq19():
     assert changed == {"likelihood", "n_steps"}
     paper.pop("sampling"), default.pop("sampling")
     assert paper == default  # the same prior, lens and data: both run on the shipped checkpoint
-    # The default: Tweedie's own defaults (Lanczos cap 20, drift tolerance 0.05) at N = 50.
+    # The default: Tweedie's own defaults (Lanczos cap 20, drift tolerance 0.05) at N = 57.
     options = common.sampling_options(procedural_64.get_config())
-    assert (options.likelihood, options.n_steps) == (Tweedie(), 50)
+    assert (options.likelihood, options.n_steps) == (Tweedie(), 57)
     assert (Tweedie().lanczos_cap, Tweedie().drift_tol) == (20, 0.05)
     # The paper: eq. 19 at Technique 2's N (0: chosen per lens, with the eq. 19 stability bound).
     options = common.sampling_options(paper_64.get_config())
@@ -63,7 +63,7 @@ def test_default_is_calibrated_and_paper_config_is_the_papers_eq19():
 
 def test_short_default_run_writes_every_output(tmp_path):
     out = tmp_path / "out"
-    # The default: tweedie at N = 50.
+    # The default: tweedie at N = 57.
     r = _sample(f"--out={out}", "--config.sampling.n_chains=2", "--config.sampling.chunk_size=2")
     assert r.returncode == 0, r.stderr[-3000:]
     for name in OUTPUTS:
@@ -71,11 +71,11 @@ def test_short_default_run_writes_every_output(tmp_path):
     with fits.open(out / "samples.fits") as h:
         assert h[0].data.shape == (2, 64, 64)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_chains"] == 2 and summary["n_steps"] == 50 and len(summary["chi2_nu"]) == 2
+    assert summary["n_chains"] == 2 and summary["n_steps"] == 57 and len(summary["chi2_nu"]) == 2
     assert summary["settings"]["likelihood"] == "tweedie" and summary["settings"]["lanczos_cap"] == 20
-    # Counted by the run: a linearisation and 1..20 Lanczos steps at each of the 50 steps.
+    # Counted by the run: a linearisation and 1..20 Lanczos steps at each of the 57 steps.
     cost = summary["network_evaluations"]
-    assert 100 <= cost["per_sample_min"] <= cost["per_sample_mean"] <= cost["per_sample_max"] <= 50 * 21
+    assert 2 * 57 <= cost["per_sample_min"] <= cost["per_sample_mean"] <= cost["per_sample_max"] <= 57 * 21
     assert cost["total"] == round(2 * cost["per_sample_mean"])
     assert summary["diverged_chains"] == [] and max(summary["chi2_nu"]) < 2
     assert summary["devices"]["count"] == 1 and summary["wall_time_s"] > 0
