@@ -118,7 +118,7 @@ def test_the_drift_stop_stays_near_the_converged_score(t):
 
 def test_the_drift_stopped_sampler_keeps_the_exact_gaussian_law(lens):
     """A smooth Gaussian prior (galaxy-like correlations), the real 16² operator, σ_n = 0.2: Tweedie is
-    exact here and cap 20 converges, so the default term (drift tolerance 0.05) at the default N = 50
+    exact here and cap 20 converges, so the default term (drift tolerance 0.05) at N = 50 (the default is 57)
     must match the exact Euler–Maruyama law of the converged term within Monte-Carlo error, at well
     under half the Jacobian products. (At σ_n = 0.05 the stop leaves a mean bias of ~0.1 posterior
     std RMS here; docs/validation.md.)"""
