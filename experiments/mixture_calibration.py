@@ -59,7 +59,8 @@ SHAPE = (16, 16, 1)
 GEOM = Geometry(src_npix=16, src_fov=2.0, fine_npix=32, img_fov=3.0, pool=2)
 LENS = LensParams(1.0, 0.1, -0.05, 0.02, -0.03, 0.02, 0.01)
 SDE = VESDE(1e-3, 40.0)
-MODES = ("draws", "exact", "tweedie", "eq19", "gaussian_full", "gaussian_probe")
+DENSE_MODES = ("gaussian_full", "gaussian_probe")
+MODES = ("draws", "exact", "tweedie", "eq19") + DENSE_MODES
 
 
 def _blob(x0, y0, r, q=1.0, amp=1.0):
@@ -143,12 +144,10 @@ def gaussian_log_likelihood(prior_score, M, sigma_n, x, t, y, *, through_cov=Tru
     return -0.5 * white @ white - 0.5 * sol @ (cov @ probe)
 
 
-def _full_gaussian_chains(prior_score, sigma_n, M, n_chains: int, n_steps: int, probe: bool = False):
-    """Chains under the prior score plus the whole gradient of `gaussian_log_likelihood`.
-
-    Each step costs D + 1 score evaluations and their second derivatives (counted as D + 1).
-    """
-    mj = jnp.asarray(M, jnp.float32)
+def _full_gaussian_chains(prior_score, sigma_n, mj, n_chains: int, n_steps: int, probe: bool = False):
+    """Chains under the prior score plus the whole gradient of `gaussian_log_likelihood` (mj: the dense
+    operator in float32). Each step costs D + 1 score evaluations and their second derivatives (counted
+    as D + 1)."""
 
     @jax.jit
     def run(key, y):
@@ -204,12 +203,12 @@ def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, 
         score = with_jacobian_error(score, jacobian_error, int(np.prod(SHAPE)))
     exact = _exact_chains(chains, n_steps)
     terms = {m: Tweedie(lanczos_cap=lanczos_cap, drift_tol=drift_tol) if m == "tweedie" else likelihood_from_name(m)
-             for m in modes if m not in ("draws", "exact", "gaussian_full", "gaussian_probe")}
+             for m in modes if m not in ("draws", "exact") + DENSE_MODES}
     posterior = {m: _posterior_chains(score, term, sigma_n, Ad, ATd, chains, n_steps, solver)
                  for m, term in terms.items()}
-    for m in ("gaussian_full", "gaussian_probe"):
+    for m in DENSE_MODES:
         if m in modes:
-            posterior[m] = _full_gaussian_chains(score, sigma_n, M, chains, n_steps, probe=m == "gaussian_probe")
+            posterior[m] = _full_gaussian_chains(score, sigma_n, mj, chains, n_steps, probe=m == "gaussian_probe")
     truths = np.asarray(mixture_prior_sample(jax.random.key(seed), prior, sims), np.float64)
     rng = np.random.default_rng(seed)
     acc = {m: {"samples": [], "mean_sq": [], "w_err": [], "evaluations": []} for m in modes}
