@@ -100,6 +100,9 @@ def get_config() -> ml_collections.ConfigDict:
     p.lanczos_cap = Tweedie.lanczos_cap  # tweedie: most Jacobian-vector products per step
     p.lanczos_tol = Tweedie.lanczos_tol  # tweedie: relative tolerance of the Lanczos solve
     p.drift_tol = Tweedie.drift_tol  # tweedie: stop the solve once it moves the drift less than this (0: off)
+    # tweedie, research: (lo, hi), also differentiate through the covariance where lo <= σ(t) <= hi. Right on
+    # exact-score priors; on the shipped learned prior it wrecks the samples (docs/validation.md).
+    p.covariance_gradient_sigmas = ml_collections.config_dict.placeholder(tuple)
     p.solver = "em"  # em (the paper) | pc | ode
     p.snr = 0.16  # Langevin corrector signal-to-noise (solver=pc)
     p.denoise = False  # final Tweedie denoising step

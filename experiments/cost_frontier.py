@@ -1,13 +1,16 @@
 """Accuracy against network evaluations on the Gaussian-mixture benchmark, for each sampler setting.
 
   python -m experiments.cost_frontier [--sims 20] [--chains 32] [--priors locations,scales]
-      [--sigma-n 0.05,0.3] [--settings exact:50,tweedie:200:5,tweedie:50:20:0.03,tweedie:25:20:0.05:pc,...]
+      [--sigma-n 0.05,0.3] [--settings exact:50,tweedie:200:5,tweedie:50:20:0.03,tweedie:25:20:0.05:pc,
+      tweedie:57:5:0.05:em:0.3-3,...]
       [--json out/cost_frontier.json] [--figure out/cost_frontier.png]
 
 Each setting is `exact:N` (the reverse SDE with the exact diffused posterior score: the sampler's own
-discretisation error at N) or `tweedie:N:cap[:drift_tol[:solver]]`, the solver one of `em`
+discretisation error at N) or `tweedie:N:cap[:drift_tol[:solver[:cov]]]`, the solver one of `em`
 (Euler–Maruyama, the default), `pc` (one Langevin corrector per step, score_sde's snr 0.16), `ode` and
-`heun` (the probability-flow ODE, Euler and Heun: deterministic given the start). The posteriors are exact
+`heun` (the probability-flow ODE, Euler and Heun: deterministic given the start); `cov`, `lo-hi`, is
+Tweedie's `covariance_gradient_sigmas` (the gradient through the covariance where lo ≤ σ(t) ≤ hi). The
+posteriors are exact
 (`experiments.mixture_calibration`), so accuracy is measured, not estimated: the variance ratio
 Σ tr Cov(samples) / Σ tr Cov(exact) (1 is exact) and the mean error in Monte-Carlo units (1 is exact).
 Network evaluations per sample are counted by the sampler as it runs (a score call, or a Jacobian
@@ -37,12 +40,14 @@ SOLVERS = {"em": EulerMaruyama(), "pc": PredictorCorrector(), "ode": Probability
 def parse_setting(text: str) -> dict:
     parts = text.split(":")
     if parts[0] == "exact" and len(parts) == 2:
-        return {"mode": "exact", "n_steps": int(parts[1]), "cap": 0, "drift_tol": 0.0, "solver": "em"}
-    if parts[0] == "tweedie" and len(parts) in (3, 4, 5) and (len(parts) < 5 or parts[4] in SOLVERS):
+        return {"mode": "exact", "n_steps": int(parts[1]), "cap": 0, "drift_tol": 0.0, "solver": "em", "cov": None}
+    if (parts[0] == "tweedie" and len(parts) in (3, 4, 5, 6) and (len(parts) < 5 or parts[4] in SOLVERS)
+            and (len(parts) < 6 or len(parts[5].split("-")) == 2)):
         return {"mode": "tweedie", "n_steps": int(parts[1]), "cap": int(parts[2]),
                 "drift_tol": float(parts[3]) if len(parts) >= 4 else 0.0,
-                "solver": parts[4] if len(parts) == 5 else "em"}
-    raise SystemExit(f"bad setting {text!r}: use exact:N or tweedie:N:cap[:drift_tol[:solver]], "
+                "solver": parts[4] if len(parts) >= 5 else "em",
+                "cov": tuple(float(v) for v in parts[5].split("-")) if len(parts) == 6 else None}
+    raise SystemExit(f"bad setting {text!r}: use exact:N or tweedie:N:cap[:drift_tol[:solver[:lo-hi]]], "
                      f"solver one of {sorted(SOLVERS)}")
 
 
@@ -50,7 +55,8 @@ def label(s: dict) -> str:
     if s["mode"] == "exact":
         return f"exact score, N={s['n_steps']}"
     return (f"tweedie N={s['n_steps']} cap {s['cap']}" + (f" drift {s['drift_tol']:g}" if s["drift_tol"] else "")
-            + (f" {s['solver']}" if s["solver"] != "em" else ""))
+            + (f" {s['solver']}" if s["solver"] != "em" else "")
+            + (f" cov σ∈[{s['cov'][0]:g}, {s['cov'][1]:g}]" if s.get("cov") is not None else ""))
 
 
 def plot(path: str, rows: list[dict]) -> None:
@@ -104,7 +110,8 @@ def main() -> None:
         for sigma_n in (float(v) for v in args.sigma_n.split(",")):
             for s in settings:
                 r = run_setting(prior, sigma_n, [s["mode"]], args.sims, args.chains, s["n_steps"], max(s["cap"], 1),
-                                args.seed, drift_tol=s["drift_tol"], solver=SOLVERS[s["solver"]])[s["mode"]]
+                                args.seed, drift_tol=s["drift_tol"], solver=SOLVERS[s["solver"]],
+                                covariance_gradient_sigmas=s["cov"])[s["mode"]]
                 row = {"prior": prior, "sigma_n": sigma_n, **s, **r}
                 rows.append(row)
                 print(f"| {prior} | {sigma_n:g} | {label(s)} | {r['evaluations_per_sample']:.0f} | "

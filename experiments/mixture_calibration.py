@@ -190,7 +190,7 @@ def _weight_error(post, xs):
 
 
 def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, seed=0, jacobian_error=0.0,
-                drift_tol=0.0, solver=EulerMaruyama()):
+                drift_tol=0.0, solver=EulerMaruyama(), covariance_gradient_sigmas=None):
     """One (prior, σ_n) cell: each mode's pooled accuracy, divergences, seconds and network evaluations."""
     prior = make_prior(prior_name)
     A, _ = lens_operator(LENS, GEOM)
@@ -202,7 +202,8 @@ def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, 
     if jacobian_error:
         score = with_jacobian_error(score, jacobian_error, int(np.prod(SHAPE)))
     exact = _exact_chains(chains, n_steps)
-    terms = {m: Tweedie(lanczos_cap=lanczos_cap, drift_tol=drift_tol) if m == "tweedie" else likelihood_from_name(m)
+    terms = {m: Tweedie(lanczos_cap=lanczos_cap, drift_tol=drift_tol, covariance_gradient_sigmas=covariance_gradient_sigmas)
+             if m == "tweedie" else likelihood_from_name(m)
              for m in modes if m not in ("draws", "exact") + DENSE_MODES}
     posterior = {m: _posterior_chains(score, term, sigma_n, Ad, ATd, chains, n_steps, solver)
                  for m, term in terms.items()}

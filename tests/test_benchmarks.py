@@ -118,13 +118,16 @@ def test_mixture_calibration_script_reports_each_mode(tmp_path):
 def test_cost_frontier_script_writes_rows_and_the_figure(tmp_path):
     out, fig = tmp_path / "f.json", tmp_path / "f.png"
     r = subprocess.run([sys.executable, "-m", "experiments.cost_frontier", "--sims=2", "--chains=4",
-                        "--priors=locations", "--sigma-n=0.3", "--settings=exact:10,tweedie:10:5:0.05",
+                        "--priors=locations", "--sigma-n=0.3", "--settings=exact:10,tweedie:10:5:0.05,tweedie:10:5:0.05:em:0.3-3",
                         f"--json={out}", f"--figure={fig}"], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [(row["mode"], row["n_steps"], row["drift_tol"]) for row in rows] == [("exact", 10, 0.0),
-                                                                                ("tweedie", 10, 0.05)]
+    assert [(row["mode"], row["n_steps"], row["drift_tol"], row["cov"]) for row in rows] == [
+        ("exact", 10, 0.0, None), ("tweedie", 10, 0.05, None), ("tweedie", 10, 0.05, [0.3, 3.0])]
     assert rows[0]["evaluations_per_sample"] == 10 and 20 <= rows[1]["evaluations_per_sample"] <= 60
+    # Steps with 0.3 <= σ(t) <= 3 add the probe's solve and the reverse pass (7 to 11 evaluations each).
+    assert rows[1]["evaluations_per_sample"] + 7 <= rows[2]["evaluations_per_sample"] <= rows[1][
+        "evaluations_per_sample"] + 11 * 10
     assert fig.is_file() and fig.stat().st_size > 10_000
 
 
@@ -151,16 +154,15 @@ def test_jacobian_error_model_keeps_the_score_and_perturbs_its_jacobian_as_docum
     assert np.linalg.norm(e - e.T) > 0.5 * np.linalg.norm(e)  # asymmetric, as a learned Jacobian is
 
 
-def test_dense_gaussian_likelihood_is_tweedies_term_plus_its_covariance_gradient():
-    """The mixture study's dense oracle: with its covariance held fixed it is the library's Tweedie term
-    (converged), and its one-probe log-determinant averages to the exact one over a frame of probes."""
+def _scales_problem():
+    """The mixture study's `scales` prior at σ_n = 0.3, one state at σ_t ≈ 1.7 (where x_t does not yet tell
+    the two scales apart): (score, dense operator, σ_n, x, t, y, its observation)."""
     import jax.numpy as jnp
-    import numpy as np
 
     from experiments import mixture_calibration as mc
     from jaxlens.lensing import lens_operator
     from jaxlens.reference import dense_operator, mixture_prior_sample, mixture_prior_score
-    from jaxlens.sample import Tweedie, observe
+    from jaxlens.sample import observe
 
     prior = mc.make_prior("scales")
     score = mixture_prior_score(prior, mc.SDE)
@@ -168,17 +170,30 @@ def test_dense_gaussian_likelihood_is_tweedies_term_plus_its_covariance_gradient
     M = jnp.asarray(dense_operator(A, mc.SHAPE), jnp.float32)
     key = jax.random.key(3)
     x0 = mixture_prior_sample(key, prior, 1)[0]
-    t, sigma_n = jnp.float32(0.7), 0.3  # σ_t ≈ 1.7, where x_t does not yet tell the two scales apart
+    t, sigma_n = jnp.float32(0.7), 0.3
     x = x0 + mc.SDE.sigma(t) * jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
     y = (M @ x0.reshape(-1) + sigma_n * jax.random.normal(jax.random.fold_in(key, 2), (M.shape[0],)))
+    obs = observe(y.reshape(mc.GEOM.img_shape + (1,)), sigma_n,
+                  A=lambda v: (M @ v.reshape(-1)).reshape(mc.GEOM.img_shape + (1,)),
+                  AT=lambda r: (M.T @ r.reshape(-1)).reshape(mc.SHAPE))
+    return score, M, sigma_n, x, t, y, obs
+
+
+def test_dense_gaussian_likelihood_is_tweedies_term_plus_its_covariance_gradient():
+    """The mixture study's dense oracle: with its covariance held fixed it is the library's Tweedie term
+    (converged), and its one-probe log-determinant averages to the exact one over a frame of probes."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from experiments import mixture_calibration as mc
+    from jaxlens.sample import Tweedie
+
+    score, M, sigma_n, x, t, y, obs = _scales_problem()
     grad = jax.jit(jax.grad(mc.gaussian_log_likelihood, argnums=3), static_argnums=(0,),
                    static_argnames=("through_cov",))
     mean_only = grad(score, M, sigma_n, x, t, y, through_cov=False)
     full = grad(score, M, sigma_n, x, t, y)
 
-    obs = observe(y.reshape(mc.GEOM.img_shape + (1,)), sigma_n,
-                  A=lambda v: (M @ v.reshape(-1)).reshape(mc.GEOM.img_shape + (1,)),
-                  AT=lambda r: (M.T @ r.reshape(-1)).reshape(mc.SHAPE))
     term = Tweedie(lanczos_cap=100, lanczos_tol=1e-6, drift_tol=0.0)
     library = term.posterior_score(score, obs, x, t, mc.SDE) - score(x, t)
     np.testing.assert_allclose(library, mean_only, rtol=0, atol=2e-3 * float(jnp.abs(mean_only).max()))
@@ -192,3 +207,32 @@ def test_dense_gaussian_likelihood_is_tweedies_term_plus_its_covariance_gradient
     per_probe = jax.jit(jax.vmap(lambda w: jax.grad(mc.gaussian_log_likelihood, argnums=3)(
         score, M, sigma_n, x, t, y, probe=w)))(probes)
     np.testing.assert_allclose(per_probe.mean(0), full, rtol=0, atol=2e-3 * float(jnp.abs(full).max()))
+
+
+def test_tweedie_covariance_gradient_matches_the_dense_one_probe_gradient():
+    """Matrix-free, converged, with the probe it draws itself: the library's term with
+    `covariance_gradient_sigmas` equals the dense Gaussian's whole gradient with that probe; below the
+    window it is the mean-only term, and it counts the probe's solve and the reverse pass."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from experiments import mixture_calibration as mc
+    from jaxlens.sample import Tweedie, state_probe
+
+    score, M, sigma_n, x, t, y, obs = _scales_problem()
+    probe = state_probe(x, t, obs.y.shape).reshape(-1)
+    dense = jax.jit(jax.grad(mc.gaussian_log_likelihood, argnums=3), static_argnums=(0,))(
+        score, M, sigma_n, x, t, y, probe=probe)
+    converged = dict(lanczos_cap=100, lanczos_tol=1e-6, drift_tol=0.0)
+    with_cov, n_cov = Tweedie(covariance_gradient_sigmas=(1.0, 40.0), **converged).posterior_score_and_cost(
+        score, obs, x, t, mc.SDE)
+    np.testing.assert_allclose(with_cov - score(x, t), dense, rtol=0, atol=3e-3 * float(jnp.abs(dense).max()))
+
+    mean_only, n_mean = Tweedie(**converged).posterior_score_and_cost(score, obs, x, t, mc.SDE)
+    for window in ((2.0, 40.0), (0.1, 1.5)):  # σ(0.7) ≈ 1.7 is outside either: off
+        outside, n_outside = Tweedie(covariance_gradient_sigmas=window, **converged).posterior_score_and_cost(
+            score, obs, x, t, mc.SDE)
+        np.testing.assert_array_equal(outside, mean_only)
+        assert int(n_outside) == int(n_mean)
+    assert int(n_mean) + 6 < int(n_cov) <= int(n_mean) + 6 + 100
+    assert float(jnp.linalg.norm(with_cov - mean_only)) > 0.1 * float(jnp.linalg.norm(mean_only - score(x, t)))

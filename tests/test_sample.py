@@ -192,6 +192,10 @@ def test_bad_inputs_raise(lens):
         likelihood_from_name("eq19", cg_maxiter=5)  # options do not leak across terms
     with pytest.raises(ValueError, match="lanczos_cap"):
         Tweedie(lanczos_cap=0)
+    for window in ((1.0, 0.5), (-1.0, 1.0), 0.3, ("a", 1)):
+        with pytest.raises(ValueError, match="covariance_gradient_sigmas"):
+            Tweedie(covariance_gradient_sigmas=window)
+    assert Tweedie(covariance_gradient_sigmas=[0.3, 3]).covariance_gradient_sigmas == (0.3, 3.0)
     with pytest.raises(ValueError, match="cg_tol"):
         Eq12(cg_tol=-1.0)
     with pytest.raises(ValueError, match="unknown likelihood"):

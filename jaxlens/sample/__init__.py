@@ -25,6 +25,7 @@ from jaxlens.sample.likelihood import (
     exact_likelihood_score,
     likelihood_from_name,
     posterior_score,
+    state_probe,
 )
 from jaxlens.sample.observation import Observation, observe
 from jaxlens.sample.runner import data_mesh, sample_observations, sample_posterior, sample_prior
@@ -76,5 +77,6 @@ __all__ = [
     "sample_posterior",
     "sample_prior",
     "solve",
+    "state_probe",
     "tweedie_denoise",
 ]

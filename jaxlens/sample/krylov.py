@@ -153,6 +153,7 @@ def clipped_lanczos_solve(
     fixed_iterations: bool = False,
     aux_tol: jax.Array | float | None = None,
     aux_offset: jax.Array | None = None,
+    drop_below_floor: bool = False,
 ):
     """Approximately solves op(u) = b for a symmetric `op` with spectrum meant to be ≥ floor · diag.
 
@@ -176,6 +177,8 @@ def clipped_lanczos_solve(
         ‖aux_offset + G u₊‖: for a caller that needs G u₊ only to a relative accuracy of the sum
         it adds it to. It costs a small subspace solve per step.
       aux_offset: that sum's other term, shaped like G u₊ (default zero).
+      drop_below_floor: return u₊, with the Ritz pairs below the floor dropped, instead of u with
+        them raised to it.
 
     Returns:
       (u, KrylovInfo), or (u, G u₊, KrylovInfo) with `has_aux`.
@@ -252,7 +255,7 @@ def clipped_lanczos_solve(
     else:
         k, V, G, P, *_ = jax.lax.while_loop(cond, body, init)
     raised, removed, clipped = _subspace_solve(P, k, norm_b, floor, fixed_iterations)
-    u = (scale * (V[:maxiter].T @ raised)).reshape(b.shape)
+    u = (scale * (V[:maxiter].T @ (removed if drop_below_floor else raised))).reshape(b.shape)
     info = KrylovInfo(k, clipped)
     if not has_aux:
         return u, info

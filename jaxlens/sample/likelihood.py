@@ -18,7 +18,8 @@ p_t(y | x_t) are built from it.
   solve (jaxlens.sample.krylov) of at most `lanczos_cap` operator applications, stopped
   once a step no longer moves the drift (`drift_tol`), with the directions where the
   learned C has negative curvature (it does, at large σ) dropped. Exact when the prior is
-  Gaussian and the solve converges.
+  Gaussian and the solve converges. `covariance_gradient_sigmas` adds the gradient through
+  C(x_t), which the mean-only form drops, in a window of σ(t).
 - `DPS()` (Chung et al. 2023): ∇_x log N(y; A m(x), diag(σ_n²)), one VJP through the
   prior score (no guidance-scale heuristic).
 
@@ -50,6 +51,7 @@ __all__ = [
     "exact_likelihood_score",
     "likelihood_from_name",
     "posterior_score",
+    "state_probe",
 ]
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -164,6 +166,14 @@ class Tweedie(_Term):
         mode) can differentiate the term, e.g. with respect to the lens. The same value, at up to
         lanczos_cap Jacobian products per evaluation (about 3× the time of a default run); jvp and
         jacfwd work without it.
+      covariance_gradient_sigmas: (lo, hi): where lo ≤ σ(t) ≤ hi, differentiate the Gaussian through
+        its covariance C(x_t) as well as its mean (None, the default: never). It is the part that
+        tells priors of different scale apart, which TMPD drops; it costs a second clipped solve (a
+        Rademacher probe's, seeded by the state) and a reverse pass through two Jacobian products,
+        and it needs the prior's second derivatives to be right. On the mixture benchmark it takes
+        the variance ratio of `scales` at σ_n = 0.3 from 1.41 to 1.07 but breaks the strong-data
+        cells (σ_n = 0.05); on the shipped learned prior it wrecks the samples (docs/validation.md).
+        For research; off by default.
     """
 
     name = "tweedie"
@@ -171,11 +181,22 @@ class Tweedie(_Term):
     lanczos_tol: float = flax.struct.field(pytree_node=False, default=1e-4)
     drift_tol: float = flax.struct.field(pytree_node=False, default=0.05)
     differentiable: bool = flax.struct.field(pytree_node=False, default=False)
+    covariance_gradient_sigmas: tuple[float, float] | None = flax.struct.field(pytree_node=False, default=None)
 
     def __post_init__(self):
         _positive_options(self, "lanczos_tol", "lanczos_cap")
         if isinstance(self.drift_tol, bool) or not (isinstance(self.drift_tol, (int, float)) and self.drift_tol >= 0):
             raise ValueError(f"Tweedie needs drift_tol >= 0 (0: off), got {self.drift_tol!r}")
+        window = self.covariance_gradient_sigmas
+        if window is not None:
+            try:
+                lo, hi = (float(v) for v in window)
+            except (TypeError, ValueError):
+                lo = hi = float("nan")
+            if not 0 <= lo <= hi:
+                raise ValueError(f"Tweedie needs covariance_gradient_sigmas = (lo, hi) with 0 <= lo <= hi, "
+                                 f"or None (off), got {window!r}")
+            object.__setattr__(self, "covariance_gradient_sigmas", (lo, hi))
 
     def _terms(self, prior_score, obs, x, t, sde):
         if prior_score is None:
@@ -197,12 +218,52 @@ class Tweedie(_Term):
         # from the gradient (the gradient of a C clipped at zero there): raising the system's
         # spectrum to σ_n² instead left J's negative part multiplied by 1/σ_n², a step stiff
         # enough at σ ≈ σ_max to throw whole chains off the data manifold.
-        _, lik, info = clipped_lanczos_solve(op, obs.residual(m), diag, jnp.min(obs.noise_var / diag),
+        floor = jnp.min(obs.noise_var / diag)
+        u, lik, info = clipped_lanczos_solve(op, obs.residual(m), diag, floor,
                                              tol=self.lanczos_tol, maxiter=self.lanczos_cap, has_aux=True,
                                              fixed_iterations=self.differentiable,
-                                             aux_tol=self.drift_tol or None, aux_offset=s)
+                                             aux_tol=self.drift_tol or None, aux_offset=s,
+                                             drop_below_floor=self.covariance_gradient_sigmas is not None)
         # The linearisation's forward pass, then one Jacobian product per Lanczos step.
-        return lik, s, 1 + info.iterations
+        evaluations = 1 + info.iterations
+        if self.covariance_gradient_sigmas is None:
+            return lik, s, evaluations
+
+        def through_covariance(_):
+            return self._covariance_gradient(prior_score, obs, x, t, var_t, u, lambda v: op(v)[0], diag, floor)
+
+        def skipped(_):
+            return jnp.zeros_like(x), jnp.int32(0)
+
+        # t is one number per step, shared by the chains, so this stays a branch under vmap.
+        lo, hi = self.covariance_gradient_sigmas
+        sigma = sde.sigma(t)
+        extra, n = jax.lax.cond((sigma >= lo) & (sigma <= hi), through_covariance, skipped, None)
+        return lik + extra, s, evaluations + n
+
+    def _covariance_gradient(self, prior_score, obs, x, t, var_t, u, op, diag, floor):
+        """The gradient of log N(y; A m, Σ), Σ = diag(σ_n²) + A C Aᵀ, through C(x) = σ² ∂m/∂x.
+
+        With ∂Σ = σ⁴ A ∂(∂s/∂x) Aᵀ it is ½ σ⁴ ∇ₓ[aᵀ (∂s/∂x) a − bᵀ (∂s/∂x) c]: a = Aᵀ u from the
+        residual's solve u = Σ⁻¹ (y − A m) (the quadratic form), and Hutchinson's estimate of
+        −½ tr(Σ⁻¹ ∂Σ) with a Rademacher probe z, b = Aᵀ Σ⁻¹ z, c = Aᵀ z (the log-determinant). The
+        mean-only term misses exactly this part, which is how the data weigh priors of different
+        scale (docs/validation.md, the mixture benchmark). Cost: the probe's solve, then a forward
+        pass with two Jacobian products and its reverse, counted as 6 evaluations (XLA counts 6.2×
+        the forward pass's flops for the shipped network).
+        """
+        A, AT = obs.operators()
+        z = obs.valid * state_probe(x, t, obs.y.shape)
+        pz, pinfo = clipped_lanczos_solve(op, z, diag, floor, tol=self.lanczos_tol, maxiter=self.lanczos_cap,
+                                          fixed_iterations=self.differentiable, drop_below_floor=True)
+        a, b, c = AT(obs.valid * u), AT(obs.valid * pz), AT(z)
+
+        def bilinear(q):
+            jvp = jax.vmap(lambda v: jax.jvp(lambda p: prior_score(p, t), (q,), (v,))[1])
+            ja, jc = jvp(jnp.stack([a, c]))
+            return jnp.vdot(a, ja) - jnp.vdot(b, jc)
+
+        return 0.5 * var_t**2 * jax.grad(bilinear)(x), pinfo.iterations + 6
 
 
 @flax.struct.dataclass
@@ -258,6 +319,18 @@ def posterior_score(prior_score: ScoreFn, likelihood: Likelihood | None, obs: Ob
         return out if counted else out[0]
 
     return score_fn
+
+
+def state_probe(x: jax.Array, t: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """A Rademacher vector of `shape` seeded by the bits of the state x and time t.
+
+    A likelihood term has no key of its own; seeding by the state gives each chain and each step
+    its own probe, and the same one when a run is repeated. No gradient flows through the seed.
+    """
+    bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(x).astype(jnp.float32), jnp.int32)
+    tbits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(jnp.asarray(t, jnp.float32)), jnp.int32)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), jnp.sum(bits)), tbits)
+    return jax.random.rademacher(key, shape, x.dtype)
 
 
 def _identity_off_valid(obs: Observation, v: jax.Array, w: jax.Array) -> jax.Array:
