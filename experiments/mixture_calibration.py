@@ -52,7 +52,8 @@ from jaxlens.diagnostics import metrics
 from jaxlens.lensing import Geometry, LensParams, lens_operator
 from jaxlens.reference import (dense_operator, mixture_moments, mixture_posterior, mixture_prior,
                                mixture_prior_sample, mixture_prior_score, smooth_gaussian_prior)
-from jaxlens.sample import EulerMaruyama, Tweedie, likelihood_from_name, observe, posterior_chains, prior_chains
+from jaxlens.sample import (EulerMaruyama, Tweedie, likelihood_from_name, observe, posterior_chains, prior_chains,
+                            state_probe)
 from jaxlens.sde import VESDE
 
 SHAPE = (16, 16, 1)
@@ -152,10 +153,8 @@ def _full_gaussian_chains(prior_score, sigma_n, mj, n_chains: int, n_steps: int,
     @jax.jit
     def run(key, y):
         def score(x, t):
-            w = None
-            if probe:  # a different probe per chain and step, from the state's own bits (the score has no key)
-                seed = jnp.sum(jax.lax.bitcast_convert_type(x, jnp.int32))
-                w = jax.random.rademacher(jax.random.key(seed), (mj.shape[0],), jnp.float32)
+            # The library's probe (Tweedie's covariance gradient draws the same): one per chain and step.
+            w = state_probe(x, t, (mj.shape[0],)) if probe else None
             lik = jax.grad(gaussian_log_likelihood, argnums=3)(prior_score, mj, sigma_n, x, t, y, probe=w)
             return prior_score(x, t) + lik, 1 + x.size
 
