@@ -6,12 +6,11 @@
       [--json out/cost_frontier.json] [--figure out/cost_frontier.png]
 
 Each setting is `exact:N` (the reverse SDE with the exact diffused posterior score: the sampler's own
-discretisation error at N) or `tweedie:N:cap[:drift_tol[:solver[:cov]]]`, the solver one of `em`
+discretisation error at N) or `tweedie:N:cap[:drift_tol[:solver[:lo-hi]]]`, the solver one of `em`
 (Euler–Maruyama, the default), `pc` (one Langevin corrector per step, score_sde's snr 0.16), `ode` and
-`heun` (the probability-flow ODE, Euler and Heun: deterministic given the start); `cov`, `lo-hi`, is
-Tweedie's `covariance_gradient_sigmas` (the gradient through the covariance where lo ≤ σ(t) ≤ hi). The
-posteriors are exact
-(`experiments.mixture_calibration`), so accuracy is measured, not estimated: the variance ratio
+`heun` (the probability-flow ODE, Euler and Heun: deterministic given the start), and `lo-hi` Tweedie's
+`covariance_gradient_sigmas` (its gradient through the covariance too, where lo ≤ σ(t) ≤ hi). The
+posteriors are exact (`experiments.mixture_calibration`), so accuracy is measured, not estimated: the variance ratio
 Σ tr Cov(samples) / Σ tr Cov(exact) (1 is exact) and the mean error in Monte-Carlo units (1 is exact).
 Network evaluations per sample are counted by the sampler as it runs (a score call, or a Jacobian
 product of the Tweedie solve, each one; the mixture's score stands in for the network). The

@@ -201,8 +201,9 @@ def run_setting(prior_name, sigma_n, modes, sims, chains, n_steps, lanczos_cap, 
     if jacobian_error:
         score = with_jacobian_error(score, jacobian_error, int(np.prod(SHAPE)))
     exact = _exact_chains(chains, n_steps)
-    terms = {m: Tweedie(lanczos_cap=lanczos_cap, drift_tol=drift_tol, covariance_gradient_sigmas=covariance_gradient_sigmas)
-             if m == "tweedie" else likelihood_from_name(m)
+    tweedie = Tweedie(lanczos_cap=lanczos_cap, drift_tol=drift_tol,
+                      covariance_gradient_sigmas=covariance_gradient_sigmas)
+    terms = {m: tweedie if m == "tweedie" else likelihood_from_name(m)
              for m in modes if m not in ("draws", "exact") + DENSE_MODES}
     posterior = {m: _posterior_chains(score, term, sigma_n, Ad, ATd, chains, n_steps, solver)
                  for m, term in terms.items()}

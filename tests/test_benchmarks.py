@@ -118,7 +118,8 @@ def test_mixture_calibration_script_reports_each_mode(tmp_path):
 def test_cost_frontier_script_writes_rows_and_the_figure(tmp_path):
     out, fig = tmp_path / "f.json", tmp_path / "f.png"
     r = subprocess.run([sys.executable, "-m", "experiments.cost_frontier", "--sims=2", "--chains=4",
-                        "--priors=locations", "--sigma-n=0.3", "--settings=exact:10,tweedie:10:5:0.05,tweedie:10:5:0.05:em:0.3-3",
+                        "--priors=locations", "--sigma-n=0.3",
+                        "--settings=exact:10,tweedie:10:5:0.05,tweedie:10:5:0.05:em:0.3-3",
                         f"--json={out}", f"--figure={fig}"], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]

@@ -230,7 +230,8 @@ class Tweedie(_Term):
             return lik, s, evaluations
 
         def through_covariance(_):
-            return self._covariance_gradient(prior_score, obs, x, t, var_t, u, lambda v: op(v)[0], diag, floor)
+            system = lambda v: op(v)[0]  # noqa: E731
+            return self._covariance_gradient(prior_score, obs, x, t, var_t, u, system, diag, floor)
 
         def skipped(_):
             return jnp.zeros_like(x), jnp.int32(0)
