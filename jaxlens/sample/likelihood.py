@@ -253,7 +253,7 @@ class Tweedie(_Term):
         pass with two Jacobian products and its reverse, counted as 6 evaluations (XLA counts 6.2×
         the forward pass's flops for the shipped network).
         """
-        A, AT = obs.operators()
+        _, AT = obs.operators()
         z = obs.valid * state_probe(x, t, obs.y.shape)
         pz, pinfo = clipped_lanczos_solve(op, z, diag, floor, tol=self.lanczos_tol, maxiter=self.lanczos_cap,
                                           fixed_iterations=self.differentiable, drop_below_floor=True)
